@@ -1,0 +1,159 @@
+"""
+Wire format: decoding, validation, encoding and the one error builder.
+
+Every frame is one UTF-8 JSON object with a string ``type``. The full
+protocol is described in ``docs/protocol.md``; this module only knows the
+shape of single messages, never who receives them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = [
+    "ProtocolError",
+    "decode",
+    "encode",
+    "error_message",
+    "validate_id",
+    "CONTROL_TYPES",
+    "MAX_ID_LENGTH",
+]
+
+#: Longest peer, user or room id accepted (PROTOCOL section 2).
+MAX_ID_LENGTH = 128
+
+#: Message types the server answers itself; everything else is relayed.
+CONTROL_TYPES = frozenset(
+    {"register", "join-room", "leave-room", "get-peers", "ping", "ack"}
+)
+
+# Error codes (PROTOCOL section 6).
+INVALID_MESSAGE = "INVALID_MESSAGE"
+INVALID_FIELD = "INVALID_FIELD"
+UNKNOWN_MESSAGE_TYPE = "UNKNOWN_MESSAGE_TYPE"
+REGISTRATION_REQUIRED = "REGISTRATION_REQUIRED"
+IDENTITY_MISMATCH = "IDENTITY_MISMATCH"
+NOT_IN_ROOM = "NOT_IN_ROOM"
+PEER_NOT_IN_ROOM = "PEER_NOT_IN_ROOM"
+ROOM_FULL = "ROOM_FULL"
+TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
+QUEUE_FULL = "QUEUE_FULL"
+RATE_LIMITED = "RATE_LIMITED"
+UNAUTHORIZED = "UNAUTHORIZED"
+FORBIDDEN = "FORBIDDEN"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class ProtocolError(Exception):
+    """
+    A request the server refuses; becomes one ``error`` message to the sender.
+
+    ``extra`` holds additional fields for the error message (for example
+    ``retryAfterMs``).
+    """
+
+    def __init__(self, code: str, text: str, **extra: Any) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.extra = extra
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def decode(payload: bytes | str) -> dict[str, Any]:
+    """
+    Parse one frame into a message dict.
+
+    :raises ProtocolError: ``INVALID_MESSAGE`` when the payload is not UTF-8,
+        not JSON, not an object, or has no string ``type``.
+    """
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        try:
+            payload = bytes(payload).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(INVALID_MESSAGE, "message is not valid UTF-8")
+    try:
+        message = _decoder.decode(payload)
+    except RecursionError:
+        raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
+    except ValueError as e:
+        raise ProtocolError(INVALID_MESSAGE, f"message is not valid JSON: {e}")
+    if not isinstance(message, dict):
+        raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
+    if not isinstance(message.get("type"), str):
+        raise ProtocolError(INVALID_MESSAGE, "message needs a string field 'type'")
+    return message
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Serialize a message for the wire (compact JSON, ASCII-safe UTF-8)."""
+    return _encoder.encode(message).encode("ascii")
+
+
+def validate_id(value: Any, field: str) -> str:
+    """
+    Check a peer, user or room id and return it.
+
+    :raises ProtocolError: ``INVALID_FIELD`` naming ``field`` when the id is
+        missing, not a string, empty, too long or holds control characters.
+    """
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(INVALID_FIELD, f"'{field}' must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise ProtocolError(
+            INVALID_FIELD, f"'{field}' must be at most {MAX_ID_LENGTH} characters"
+        )
+    if not value.isprintable():
+        raise ProtocolError(
+            INVALID_FIELD, f"'{field}' must not contain control characters"
+        )
+    return value
+
+
+def error_message(
+    code: str,
+    text: str,
+    now_ms: int,
+    request: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """
+    Build the one error shape of the protocol.
+
+    The offending request's ``messageId`` (or ``id``) and ``type`` are
+    echoed back as ``messageId`` and ``requestType`` when known.
+    """
+    message: dict[str, Any] = {
+        "type": "error",
+        "code": code,
+        "error": text,
+        "timestamp": now_ms,
+    }
+    if request is not None:
+        message_id = client_message_id(request)
+        if message_id is not None:
+            message["messageId"] = message_id
+        if isinstance(request.get("type"), str):
+            message["requestType"] = request["type"]
+    message.update(extra)
+    return message
+
+
+def client_message_id(message: dict[str, Any]) -> str | None:
+    """The client's own id for a message (``messageId``, else ``id``), if any."""
+    for key in ("messageId", "id"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    return None

@@ -1,0 +1,205 @@
+"""
+The offline store: messages held for peers that are not connected.
+
+``IOfflineStore`` is what the hub talks to. ``MemoryStore`` keeps everything
+in process memory (``--db :memory:``); the durable SQLite implementation lives
+in :mod:`signaling.sqlite_store` and keeps the same in-memory index, so reads
+never wait on the disk.
+
+Limits are checked before anything is stored: a message over a limit is
+refused with :class:`QueueFull` and nothing is kept (PROTOCOL section 5).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from twisted.internet import defer
+from zope.interface import Attribute, Interface, implementer
+
+from .messages import encode
+
+__all__ = ["IOfflineStore", "MemoryStore", "QueueFull", "StoreLimits", "StoredMessage"]
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """Every limit of the offline store, in one place."""
+
+    max_per_peer: int = 100
+    ttl: float = 86400.0
+    max_bytes: int = 64 * 1024 * 1024
+    max_peers: int = 100_000
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One queued message, exactly as its recipient will receive it."""
+
+    recipient: str
+    message_id: str
+    message: dict[str, Any]
+    stored_at: float
+    size: int
+
+
+class QueueFull(Exception):
+    """A message was refused because storing it would pass a limit."""
+
+
+class IOfflineStore(Interface):
+    """Messages held for disconnected peers, oldest first per recipient."""
+
+    count = Attribute("Number of messages stored now.")
+    total_bytes = Attribute("Encoded size of every message stored now.")
+
+    def enqueue(recipient, message_id, message, now):
+        """
+        Store ``message`` (a dict) for ``recipient`` under ``message_id``.
+
+        Returns a Deferred that fires with the :class:`StoredMessage` once the
+        entry is durable, or fails with :class:`QueueFull` when a limit would be
+        passed (then nothing is stored). The entry is visible to
+        :meth:`pending` at once.
+        """
+
+    def pending(recipient, now):
+        """The unexpired messages for ``recipient``, oldest first (a list)."""
+
+    def remove(recipient, message_ids):
+        """Forget the given messages of ``recipient`` (delivered or acknowledged)."""
+
+    def expire(now):
+        """Drop every message older than the age limit; return how many."""
+
+    def flush():
+        """A Deferred that fires once everything stored so far is durable."""
+
+    def close():
+        """Flush and release resources; returns a Deferred."""
+
+
+class MemoryQueues:
+    """
+    The in-memory index shared by every store: per-recipient queues with the
+    limits of :class:`StoreLimits` enforced on insertion.
+    """
+
+    def __init__(self, limits: StoreLimits) -> None:
+        self.limits = limits
+        self._queues: OrderedDict[str, deque[StoredMessage]] = OrderedDict()
+        self.count = 0
+        self.total_bytes = 0
+
+    def make_entry(
+        self, recipient: str, message_id: str, message: dict[str, Any], now: float
+    ) -> StoredMessage:
+        """Build an entry for ``message`` or raise :class:`QueueFull`."""
+        size = len(encode(message))
+        queue = self._queues.get(recipient)
+        limits = self.limits
+        if queue is not None and len(queue) >= limits.max_per_peer:
+            raise QueueFull(
+                f"offline queue for '{recipient}' is full "
+                f"({limits.max_per_peer} messages)"
+            )
+        if queue is None and len(self._queues) >= limits.max_peers:
+            raise QueueFull("too many peers have offline queues")
+        if self.total_bytes + size > limits.max_bytes:
+            raise QueueFull("offline store is full")
+        return StoredMessage(recipient, message_id, message, now, size)
+
+    def add(self, entry: StoredMessage) -> None:
+        """Append an entry built by :meth:`make_entry` (or loaded from disk)."""
+        queue = self._queues.get(entry.recipient)
+        if queue is None:
+            queue = self._queues[entry.recipient] = deque()
+        queue.append(entry)
+        self.count += 1
+        self.total_bytes += entry.size
+
+    def pending(self, recipient: str, now: float) -> list[StoredMessage]:
+        """Unexpired entries of ``recipient``, oldest first."""
+        queue = self._queues.get(recipient)
+        if not queue:
+            return []
+        oldest = now - self.limits.ttl
+        return [entry for entry in queue if entry.stored_at > oldest]
+
+    def remove(self, recipient: str, message_ids: Iterable[str]) -> list[StoredMessage]:
+        """Remove the named entries of ``recipient``; return the removed ones."""
+        queue = self._queues.get(recipient)
+        if not queue:
+            return []
+        wanted = set(message_ids)
+        kept: deque[StoredMessage] = deque()
+        removed = []
+        for entry in queue:
+            (removed if entry.message_id in wanted else kept).append(entry)
+        self._replace(recipient, kept, removed)
+        return removed
+
+    def expire(self, now: float) -> list[StoredMessage]:
+        """Remove entries older than the age limit; return them."""
+        oldest = now - self.limits.ttl
+        expired: list[StoredMessage] = []
+        for recipient in list(self._queues):
+            queue = self._queues[recipient]
+            gone = []
+            while queue and queue[0].stored_at <= oldest:
+                gone.append(queue.popleft())
+            if gone:
+                self._replace(recipient, queue, gone)
+                expired.extend(gone)
+        return expired
+
+    def _replace(
+        self, recipient: str, kept: deque[StoredMessage], removed: list[StoredMessage]
+    ) -> None:
+        if kept:
+            self._queues[recipient] = kept
+        else:
+            self._queues.pop(recipient, None)
+        self.count -= len(removed)
+        self.total_bytes -= sum(entry.size for entry in removed)
+
+
+@implementer(IOfflineStore)
+class MemoryStore:
+    """An offline store that lives in process memory only (lost on restart)."""
+
+    def __init__(self, limits: StoreLimits = StoreLimits()) -> None:
+        self._queues = MemoryQueues(limits)
+
+    @property
+    def count(self) -> int:
+        return self._queues.count
+
+    @property
+    def total_bytes(self) -> int:
+        return self._queues.total_bytes
+
+    def enqueue(self, recipient, message_id, message, now):
+        try:
+            entry = self._queues.make_entry(recipient, message_id, message, now)
+        except QueueFull:
+            return defer.fail()
+        self._queues.add(entry)
+        return defer.succeed(entry)
+
+    def pending(self, recipient, now):
+        return self._queues.pending(recipient, now)
+
+    def remove(self, recipient, message_ids):
+        self._queues.remove(recipient, message_ids)
+
+    def expire(self, now):
+        return len(self._queues.expire(now))
+
+    def flush(self):
+        return defer.succeed(None)
+
+    def close(self):
+        return defer.succeed(None)
