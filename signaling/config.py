@@ -1,0 +1,111 @@
+"""
+Server settings: one frozen, validated object built from the command line,
+the environment or code.
+
+Every limit of the server has its one default here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["Config"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    Everything that can be configured. Build it directly when embedding::
+
+        Config(port=9001, db=":memory:", heartbeat_interval=10)
+
+    Invalid values raise ``ValueError`` with a message naming the option.
+    """
+
+    #: TCP port of the default listener; ``None`` binds only ``listen``.
+    port: int | None = 9001
+    #: Address of the default listener ("" for every interface).
+    interface: str = ""
+    #: Twisted endpoint descriptions to listen on as well (or instead).
+    listen: tuple[str, ...] = ()
+    #: Listen backlog of the default listener.
+    backlog: int = 1024
+    #: Offline store: a SQLite file path, or ":memory:".
+    db: str = ":memory:"
+    #: Seconds an offline message is kept (never delivered after that).
+    offline_ttl: float = 86400.0
+    #: Messages kept per offline peer.
+    offline_max: int = 100
+    #: Total encoded bytes in the offline store.
+    offline_max_bytes: int = 64 * 1024 * 1024
+    #: Peers that may have an offline queue at once.
+    offline_max_peers: int = 100_000
+    #: Seconds between heartbeat sweeps.
+    heartbeat_interval: float = 30.0
+    #: Seconds between ``[Stats]`` log lines.
+    stats_interval: float = 300.0
+    #: Largest accepted message, in bytes (larger closes with 1009).
+    max_message_size: int = 65536
+    #: ``Access-Control-Allow-Origin`` for the HTTP endpoints.
+    cors_origin: str = "*"
+    #: WebSocket origins allowed at the handshake (empty: any).
+    allowed_origins: tuple[str, ...] = ()
+    #: Seconds a graceful shutdown may take before connections are cut.
+    shutdown_timeout: float = 5.0
+    #: Rooms one connection may be in at once.
+    max_rooms_per_connection: int = 32
+    #: Members one room may hold.
+    max_room_members: int = 1000
+    #: Peers returned by one paged ``get-peers`` when ``limit`` is absent.
+    peers_page_default: int = 100
+    #: Largest ``limit`` a paged ``get-peers`` may ask for.
+    peers_page_max: int = 500
+    #: ``peer-status`` broadcasts: "all" (seed behaviour) or "none".
+    presence: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.port is not None:
+            _check_range("port", self.port, 0, 65535)
+        if self.port is None and not self.listen:
+            raise ValueError("nothing to listen on: give --port or --listen")
+        _check_range("backlog", self.backlog, 1, 65535)
+        for name in ("offline_max", "offline_max_bytes", "offline_max_peers",
+                     "max_message_size", "max_rooms_per_connection",
+                     "max_room_members", "peers_page_default", "peers_page_max"):
+            _check_range(name, getattr(self, name), 1, None)
+        for name in ("offline_ttl", "heartbeat_interval", "stats_interval",
+                     "shutdown_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{_option(name)} must be a positive number of seconds")
+        if self.presence not in ("all", "none"):
+            raise ValueError("--presence must be 'all' or 'none'")
+        if not self.db:
+            raise ValueError("--db must be a file path or ':memory:'")
+        for origin in self.allowed_origins:
+            if not origin or origin != origin.strip():
+                raise ValueError(f"--allowed-origin {origin!r} is not an origin")
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Names of every setting, as dataclass field names."""
+        return [f.name for f in fields(cls)]
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some settings changed (validated again)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Config(**values)
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_range(name: str, value: Any, low: int, high: int | None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{_option(name)} must be an integer")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{_option(name)} must be {bounds}, not {value}")

@@ -1,0 +1,527 @@
+"""
+The hub: rooms, peers, presence and routing.
+
+Pure logic. It knows connections only through :class:`IConnection`, time only
+through an injected clock (``seconds()``), and the offline store only through
+:class:`signaling.store.IOfflineStore`; it imports no network or database
+library, so it can be driven in tests with ``task.Clock`` in microseconds.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from zope.interface import Interface
+
+from . import messages as m
+from .config import Config
+from .messages import ProtocolError, encode, error_message, validate_id
+from .store import IOfflineStore, QueueFull
+
+__all__ = ["Hub", "IConnection", "Session"]
+
+#: Close code for a connection replaced by a newer one with the same id.
+CLOSE_REPLACED = 4001
+
+
+class IConnection(Interface):
+    """What the hub needs from a client connection."""
+
+    def send(data):
+        """Queue one encoded message (bytes) for the client."""
+
+    def close(code, reason):
+        """Start a closing handshake with this close code and reason text."""
+
+    def abort():
+        """Drop the connection at once, without a closing handshake."""
+
+    def ping():
+        """Send a WebSocket ping (the client's pong proves it is alive)."""
+
+
+class Session:
+    """Everything the hub knows about one open connection."""
+
+    __slots__ = (
+        "conn", "address", "identity", "registered", "device_type",
+        "device_info", "connected_at", "registered_seq", "rooms", "ack_mode",
+        "alive", "replaced", "open",
+    )
+
+    def __init__(self, conn: Any, address: str, now_ms: int) -> None:
+        self.conn = conn
+        self.address = address
+        self.identity: str | None = None
+        self.registered = False
+        self.device_type: Any = None
+        self.device_info: Any = None
+        self.connected_at = now_ms
+        self.registered_seq = 0
+        self.rooms: set[str] = set()
+        self.ack_mode = False
+        self.alive = True
+        self.replaced = False
+        self.open = True
+
+
+class Hub:
+    """
+    Routes messages between sessions and keeps rooms, peers and presence.
+
+    The WebSocket layer calls :meth:`connect`, :meth:`receive`,
+    :meth:`reject`, :meth:`pong` and :meth:`disconnect`; the service's timers
+    call :meth:`heartbeat`, :meth:`expire_offline` and :meth:`stats_line`.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: Config, clock: Any, store: IOfflineStore) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store
+        self.sessions: set[Session] = set()
+        #: bound identity -> the session holding it (room members and peers)
+        self.identities: dict[str, Session] = {}
+        #: registered peer id -> session, in registration order
+        self.peers: dict[str, Session] = {}
+        #: room id -> {user id -> session}, in join order
+        self.rooms: dict[str, dict[str, Session]] = {}
+        self.connections_total = 0
+        self.forwarded = 0
+        self.offline_queued_total = 0
+        self._registrations = 0
+        self._handlers: dict[str, Callable[[Session, dict[str, Any]], None]] = {
+            "register": self._register,
+            "join-room": self._join_room,
+            "leave-room": self._leave_room,
+            "get-peers": self._get_peers,
+            "ping": self._ping,
+            "ack": self._ack,
+        }
+
+    # -- time ---------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        """The clock's time in integer milliseconds (the protocol's unit)."""
+        return int(self.clock.seconds() * 1000)
+
+    # -- connection lifecycle -----------------------------------------------
+
+    def connect(self, conn: Any, address: str) -> Session:
+        """A WebSocket connection opened; returns its session."""
+        session = Session(conn, address, self.now_ms())
+        self.sessions.add(session)
+        self.connections_total += 1
+        return session
+
+    def disconnect(self, session: Session) -> None:
+        """
+        A connection is gone (closed, dropped or replaced). Idempotent.
+
+        Leaves every room with ``user-left`` and announces the peer offline,
+        unless the session was replaced by a newer one with the same id.
+        """
+        if not session.open:
+            return
+        session.open = False
+        self.sessions.discard(session)
+        identity = session.identity
+        if session.replaced or identity is None:
+            return
+        for room_id in list(session.rooms):
+            self._remove_from_room(session, room_id)
+        del self.identities[identity]
+        if session.registered:
+            del self.peers[identity]
+            if self.config.presence == "all":
+                self._broadcast_peers(
+                    {
+                        "type": "peer-status",
+                        "peerId": identity,
+                        "status": "offline",
+                        "deviceType": session.device_type,
+                        "timestamp": self.now_ms(),
+                    },
+                    exclude=None,
+                )
+
+    def receive(self, session: Session, message: dict[str, Any]) -> None:
+        """Handle one decoded message from ``session``."""
+        session.alive = True
+        try:
+            handler = self._handlers.get(message["type"])
+            if handler is not None:
+                handler(session, message)
+            elif "roomId" in message:
+                self._relay_to_room(session, message)
+            elif "to" in message:
+                self._relay_to_peer(session, message)
+            else:
+                raise ProtocolError(
+                    m.UNKNOWN_MESSAGE_TYPE,
+                    f"unknown message type {message['type']!r} "
+                    "(relayed messages need 'to' or 'roomId')",
+                )
+        except ProtocolError as e:
+            self.reject(session, e, message)
+
+    def reject(
+        self, session: Session, error: ProtocolError, request: dict[str, Any] | None = None
+    ) -> None:
+        """Answer ``session`` with the error message for ``error``."""
+        session.alive = True
+        self._send(
+            session,
+            encode(error_message(error.code, error.text, self.now_ms(), request, **error.extra)),
+        )
+
+    def pong(self, session: Session) -> None:
+        """The client answered a heartbeat ping."""
+        session.alive = True
+
+    # -- timers -------------------------------------------------------------
+
+    def heartbeat(self) -> int:
+        """
+        One heartbeat sweep: drop every session that showed no life since the
+        previous sweep, ping the others. Returns how many were dropped.
+        """
+        dropped = 0
+        for session in list(self.sessions):
+            if session.alive:
+                session.alive = False
+                session.conn.ping()
+            else:
+                dropped += 1
+                self._log.info(
+                    "heartbeat_drop: {address} ({identity}) showed no life",
+                    address=session.address, identity=session.identity,
+                )
+                self.disconnect(session)
+                session.conn.abort()
+        return dropped
+
+    def expire_offline(self) -> int:
+        """Drop offline messages past their age limit; returns how many."""
+        return self.store.expire(self.clock.seconds())
+
+    def stats(self) -> dict[str, int]:
+        """The live counters (exact: read from the state, not tallied)."""
+        return {
+            "connections": len(self.sessions),
+            "connectionsTotal": self.connections_total,
+            "peers": len(self.peers),
+            "rooms": len(self.rooms),
+            "forwarded": self.forwarded,
+            "offlineQueued": self.offline_queued_total,
+            "offlineStored": self.store.count,
+            "offlineBytes": self.store.total_bytes,
+        }
+
+    def log_stats(self) -> None:
+        """Log the stats line, in the words existing operators grep for."""
+        self._log.info(
+            "[Stats] 连接数: {connections}, 总连接: {total}, 转发消息: {forwarded}, 离线消息: {stored}",
+            connections=len(self.sessions),
+            total=self.connections_total,
+            forwarded=self.forwarded,
+            stored=self.store.count,
+        )
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Start closing every connection (used on shutdown)."""
+        for session in list(self.sessions):
+            session.conn.close(code, reason)
+
+    # -- the one send path --------------------------------------------------
+
+    def _send(self, session: Session, data: bytes) -> None:
+        if session.open:
+            session.conn.send(data)
+
+    def _reply(self, session: Session, message: dict[str, Any]) -> None:
+        self._send(session, encode(message))
+
+    def _broadcast_peers(self, message: dict[str, Any], exclude: Session | None) -> None:
+        data = encode(message)
+        for peer in self.peers.values():
+            if peer is not exclude:
+                self._send(peer, data)
+
+    # -- identity -----------------------------------------------------------
+
+    def _bind(self, session: Session, identity: str) -> None:
+        """Bind ``identity`` to ``session``, taking it over from an older holder."""
+        if session.identity is not None:
+            if session.identity != identity:
+                raise ProtocolError(
+                    m.IDENTITY_MISMATCH,
+                    f"this connection is bound to '{session.identity}', not '{identity}'",
+                )
+            return
+        holder = self.identities.get(identity)
+        if holder is not None:
+            self._take_over(holder, session)
+        session.identity = identity
+        self.identities[identity] = session
+
+    def _take_over(self, old: Session, new: Session) -> None:
+        """
+        ``new`` replaces ``old`` for the same id: it inherits the registration
+        and the room memberships, nobody is told the id went away, and the old
+        connection is closed with 4001.
+        """
+        identity = old.identity
+        assert identity is not None
+        new.registered = old.registered
+        new.device_type = old.device_type
+        new.device_info = old.device_info
+        new.registered_seq = old.registered_seq
+        if old.registered:
+            self.peers[identity] = new
+        for room_id in old.rooms:
+            self.rooms[room_id][identity] = new
+        new.rooms |= old.rooms
+        old.rooms = set()
+        old.registered = False
+        old.replaced = True
+        self._log.info(
+            "takeover: '{identity}' moved from {old} to {new}",
+            identity=identity, old=old.address, new=new.address,
+        )
+        old.conn.close(CLOSE_REPLACED, "replaced")
+
+    # -- peers --------------------------------------------------------------
+
+    def _register(self, session: Session, message: dict[str, Any]) -> None:
+        peer_id = validate_id(message.get("peerId"), "peerId")
+        device_type = message.get("deviceType")
+        if device_type is not None and not isinstance(device_type, str):
+            raise ProtocolError(m.INVALID_FIELD, "'deviceType' must be a string")
+        device_info = message.get("deviceInfo")
+        if device_info is not None and not isinstance(device_info, dict):
+            raise ProtocolError(m.INVALID_FIELD, "'deviceInfo' must be an object")
+        already = session.registered and session.identity == peer_id
+        self._bind(session, peer_id)
+        now_ms = self.now_ms()
+        if already:
+            self._reply(session, {"type": "registered", "peerId": peer_id, "serverTime": now_ms})
+            return
+        if not session.registered:
+            self._registrations += 1
+            session.registered_seq = self._registrations
+        session.registered = True
+        session.device_type = device_type
+        session.device_info = device_info
+        session.ack_mode = message.get("ack") is True
+        self.peers[peer_id] = session
+        self._log.info("register: '{peer}' from {address}", peer=peer_id, address=session.address)
+        self._reply(session, {"type": "registered", "peerId": peer_id, "serverTime": now_ms})
+        self._deliver_offline(session, peer_id)
+        if self.config.presence == "all":
+            self._broadcast_peers(
+                {
+                    "type": "peer-status",
+                    "peerId": peer_id,
+                    "status": "online",
+                    "deviceType": device_type,
+                    "deviceInfo": device_info,
+                    "timestamp": now_ms,
+                },
+                exclude=session,
+            )
+
+    def _deliver_offline(self, session: Session, peer_id: str) -> None:
+        entries = self.store.pending(peer_id, self.clock.seconds())
+        if not entries:
+            return
+        delivered_at = self.now_ms()
+        for entry in entries:
+            self._reply(
+                session,
+                {
+                    "type": "offline-message",
+                    "messageId": entry.message_id,
+                    "originalMessage": entry.message,
+                    "storedAt": int(entry.stored_at * 1000),
+                    "deliveredAt": delivered_at,
+                },
+            )
+        if not session.ack_mode:
+            self.store.remove(peer_id, [entry.message_id for entry in entries])
+
+    def _ack(self, session: Session, message: dict[str, Any]) -> None:
+        if not session.registered:
+            raise ProtocolError(m.REGISTRATION_REQUIRED, "register before acknowledging")
+        ids = message.get("messageIds")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ProtocolError(m.INVALID_FIELD, "'messageIds' must be a list of strings")
+        assert session.identity is not None
+        self.store.remove(session.identity, ids)
+
+    def _get_peers(self, session: Session, message: dict[str, Any]) -> None:
+        config = self.config
+        paged = "cursor" in message or "limit" in message
+        limit = message.get("limit", config.peers_page_default)
+        if paged and (
+            not isinstance(limit, int) or isinstance(limit, bool)
+            or not 1 <= limit <= config.peers_page_max
+        ):
+            raise ProtocolError(
+                m.INVALID_FIELD, f"'limit' must be an integer from 1 to {config.peers_page_max}"
+            )
+        after = 0
+        if message.get("cursor") is not None:
+            cursor = message["cursor"]
+            if not isinstance(cursor, str) or not cursor.isdigit():
+                raise ProtocolError(m.INVALID_FIELD, "'cursor' must be a cursor from 'nextCursor'")
+            after = int(cursor)
+        others = [
+            peer for peer in self.peers.values()
+            if peer is not session and peer.registered_seq > after
+        ]
+        reply: dict[str, Any] = {"type": "peers-list"}
+        if paged:
+            page = others[:limit]
+            if len(others) > limit:
+                reply["nextCursor"] = str(page[-1].registered_seq)
+        else:
+            page = others
+        reply["peers"] = [
+            {
+                "peerId": peer.identity,
+                "deviceType": peer.device_type,
+                "deviceInfo": peer.device_info,
+                "connectedAt": peer.connected_at,
+            }
+            for peer in page
+        ]
+        reply["count"] = len(page)
+        reply["total"] = len(self.peers) - (1 if session.registered else 0)
+        self._reply(session, reply)
+
+    def _ping(self, session: Session, message: dict[str, Any]) -> None:
+        self._reply(session, {"type": "pong", "timestamp": self.now_ms()})
+
+    def _relay_to_peer(self, session: Session, message: dict[str, Any]) -> None:
+        if not session.registered:
+            raise ProtocolError(
+                m.REGISTRATION_REQUIRED, "send 'register' before messaging other peers"
+            )
+        to = validate_id(message["to"], "to")
+        out = dict(message)
+        out["from"] = session.identity
+        if out["type"] == "message" and "timestamp" not in out:
+            out["timestamp"] = self.now_ms()
+        target = self.identities.get(to)
+        if target is not None:
+            self._send(target, encode(out))
+            self.forwarded += 1
+        else:
+            self._store_offline(session, to, out, message)
+
+    def _store_offline(
+        self, session: Session, to: str, out: dict[str, Any], request: dict[str, Any]
+    ) -> None:
+        message_id = m.client_message_id(request) or secrets.token_hex(12)
+
+        def stored(_: Any) -> None:
+            self.offline_queued_total += 1
+            self._reply(
+                session,
+                {"type": "peer-offline", "peerId": to, "messageId": message_id, "queued": True},
+            )
+
+        def refused(failure: Any) -> None:
+            if failure.check(QueueFull):
+                error = ProtocolError(m.QUEUE_FULL, str(failure.value), peerId=to)
+            else:
+                self._log.failure("offline store failed", failure)
+                error = ProtocolError(m.INTERNAL_ERROR, "the message could not be stored", peerId=to)
+            self.reject(session, error, request)
+
+        self.store.enqueue(to, message_id, out, self.clock.seconds()).addCallbacks(stored, refused)
+
+    # -- rooms --------------------------------------------------------------
+
+    def _join_room(self, session: Session, message: dict[str, Any]) -> None:
+        room_id = validate_id(message.get("roomId"), "roomId")
+        user_id = validate_id(message.get("sender", session.identity), "sender")
+        self._bind(session, user_id)
+        members = self.rooms.get(room_id)
+        if members is None or user_id not in members:
+            if len(session.rooms) >= self.config.max_rooms_per_connection:
+                raise ProtocolError(
+                    m.TOO_MANY_ROOMS,
+                    f"a connection may be in at most {self.config.max_rooms_per_connection} rooms",
+                )
+            if members is not None and len(members) >= self.config.max_room_members:
+                raise ProtocolError(m.ROOM_FULL, f"room '{room_id}' is full")
+            if members is None:
+                members = self.rooms[room_id] = {}
+            others = list(members)
+            self._broadcast_room(
+                members, {"type": "user-joined", "userId": user_id, "roomId": room_id}, None
+            )
+            members[user_id] = session
+            session.rooms.add(room_id)
+            self._log.info("join: '{user}' joined '{room}'", user=user_id, room=room_id)
+        else:
+            others = [member for member in members if member != user_id]
+        self._reply(
+            session,
+            {"type": "join-success", "roomId": room_id, "userId": user_id, "members": others},
+        )
+
+    def _leave_room(self, session: Session, message: dict[str, Any]) -> None:
+        room_id = validate_id(message.get("roomId"), "roomId")
+        if room_id not in session.rooms:
+            raise ProtocolError(m.NOT_IN_ROOM, f"not a member of room '{room_id}'")
+        self._remove_from_room(session, room_id)
+        self._reply(session, {"type": "leave-success", "roomId": room_id})
+
+    def _remove_from_room(self, session: Session, room_id: str) -> None:
+        identity = session.identity
+        members = self.rooms[room_id]
+        del members[identity]
+        session.rooms.discard(room_id)
+        if members:
+            self._broadcast_room(
+                members, {"type": "user-left", "userId": identity, "roomId": room_id}, None
+            )
+        else:
+            del self.rooms[room_id]
+        self._log.info("leave: '{user}' left '{room}'", user=identity, room=room_id)
+
+    def _broadcast_room(
+        self, members: dict[str, Session], message: dict[str, Any], exclude: Session | None
+    ) -> int:
+        data = encode(message)
+        sent = 0
+        for member in members.values():
+            if member is not exclude:
+                self._send(member, data)
+                sent += 1
+        return sent
+
+    def _relay_to_room(self, session: Session, message: dict[str, Any]) -> None:
+        room_id = validate_id(message["roomId"], "roomId")
+        if room_id not in session.rooms:
+            raise ProtocolError(m.NOT_IN_ROOM, f"not a member of room '{room_id}'")
+        members = self.rooms[room_id]
+        out = dict(message)
+        out["sender"] = session.identity
+        if "to" in message:
+            to = validate_id(message["to"], "to")
+            target = members.get(to)
+            if target is None or target is session:
+                raise ProtocolError(
+                    m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
+                )
+            self._send(target, encode(out))
+            self.forwarded += 1
+        else:
+            self.forwarded += self._broadcast_room(members, out, session)

@@ -1,0 +1,224 @@
+"""
+The embedding entry point: :func:`make_service` builds the whole server as
+one Twisted ``MultiService``.
+
+    from twisted.internet import reactor
+    from signaling.config import Config
+    from signaling.service import make_service
+
+    service = make_service(Config(port=9001), reactor)
+    service.setServiceParent(application)   # or startService() yourself
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .config import Config
+from .hub import Hub
+from .store import IOfflineStore, MemoryStore, StoreLimits
+from .web import make_site
+from .websocket import SignalingFactory
+
+__all__ = ["make_service", "SignalingService", "Listener", "Timers"]
+
+#: WebSocket close code sent to every client on shutdown ("going away").
+CLOSE_GOING_AWAY = 1001
+#: Seconds between sweeps that drop expired offline messages.
+EXPIRY_SWEEP_INTERVAL = 60.0
+#: Seconds between checks whether every client has gone during a drain.
+DRAIN_POLL_INTERVAL = 0.05
+
+_log = Logger()
+
+
+def make_service(config: Config, reactor: Any, clock: Any = None) -> "SignalingService":
+    """
+    Build the server described by ``config``.
+
+    ``reactor`` does the networking; ``clock`` (default: the reactor) drives
+    heartbeats, stats and expiry, so tests can pass a ``task.Clock``. Store
+    errors (an unreadable database, say) are raised here, before anything
+    listens.
+    """
+    clock = reactor if clock is None else clock
+    return SignalingService(config, reactor, clock, open_store(config, reactor))
+
+
+def open_store(config: Config, reactor: Any) -> IOfflineStore:
+    """The offline store named by ``config.db``."""
+    limits = StoreLimits(
+        max_per_peer=config.offline_max,
+        ttl=config.offline_ttl,
+        max_bytes=config.offline_max_bytes,
+        max_peers=config.offline_max_peers,
+    )
+    if config.db == ":memory:":
+        return MemoryStore(limits)
+    raise ValueError("only --db :memory: is supported by this build")
+
+
+class SignalingService(MultiService):
+    """The hub, its listeners, its timers and its offline store."""
+
+    def __init__(self, config: Config, reactor: Any, clock: Any, store: IOfflineStore) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.clock = clock
+        self.store = store
+        self.hub = Hub(config, clock, store)
+        self.factory = SignalingFactory(self.hub, config.max_message_size)
+        allowed = frozenset(config.allowed_origins)
+        self.site = make_site(
+            self.hub,
+            WebSocketResource(self.factory),
+            config.cors_origin,
+            (lambda origin: origin is None or origin in allowed) if allowed else (lambda origin: True),
+            clock.seconds(),
+        )
+        self.listeners: list[Listener] = []
+        if config.port is not None:
+            self._add_listener(self._default_endpoint())
+        for description in config.listen:
+            self._add_listener(serverFromString(reactor, description))
+        self.timers = Timers(clock)
+        self.timers.every(config.heartbeat_interval, self.hub.heartbeat)
+        self.timers.every(config.stats_interval, self.hub.log_stats)
+        self.timers.every(EXPIRY_SWEEP_INTERVAL, self.hub.expire_offline)
+
+    def _default_endpoint(self) -> Any:
+        config = self.config
+        endpoint_class = TCP6ServerEndpoint if ":" in config.interface else TCP4ServerEndpoint
+        return endpoint_class(
+            self.reactor, config.port, backlog=config.backlog, interface=config.interface
+        )
+
+    def _add_listener(self, endpoint: Any) -> None:
+        listener = Listener(endpoint, self.site)
+        listener.setServiceParent(self)
+        self.listeners.append(listener)
+
+    def startService(self) -> None:
+        super().startService()
+        self.timers.start()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """Stop accepting, close every client with 1001, make the store durable."""
+        self.running = False
+        self.timers.stop()
+        yield defer.DeferredList([listener.stopService() for listener in self.listeners])
+        yield self._drain()
+        yield self.store.close()
+
+    def _drain(self) -> defer.Deferred:
+        hub = self.hub
+        if hub.sessions:
+            _log.info("shutdown: closing {count} connections", count=len(hub.sessions))
+        hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        deadline = self.reactor.seconds() + self.config.shutdown_timeout
+        done: defer.Deferred = defer.Deferred()
+
+        def check() -> None:
+            if not hub.sessions:
+                done.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                for session in list(hub.sessions):
+                    hub.disconnect(session)
+                    session.conn.abort()
+                done.callback(None)
+            else:
+                self.reactor.callLater(DRAIN_POLL_INTERVAL, check)
+
+        check()
+        return done
+
+    def ports(self) -> list[Any]:
+        """The listening ports, once started (for tests and embedders using port 0)."""
+        return [listener.port for listener in self.listeners if listener.port is not None]
+
+
+class Listener(Service):
+    """
+    Listens on one endpoint while running. A failure to listen is raised
+    from ``privilegedStartService``, so ``twistd`` exits non-zero instead of
+    running on with no listener.
+    """
+
+    def __init__(self, endpoint: Any, factory: Any) -> None:
+        self._endpoint = endpoint
+        self._factory = factory
+        self.port: Any = None
+        self._started = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        result: list[Any] = []
+        self._endpoint.listen(self._factory).addBoth(result.append)
+        if not result:
+            raise RuntimeError(f"listening on {self._endpoint!r} did not finish at once")
+        outcome = result[0]
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        self.port = outcome
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self.port is None:
+            return defer.succeed(None)
+        port, self.port = self.port, None
+        return defer.maybeDeferred(port.stopListening)
+
+
+class Timers:
+    """
+    Owns every periodic task of the service. A task that raises is logged
+    and keeps running; all of them stop together.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._tasks: list[tuple[float, LoopingCall]] = []
+
+    def every(self, interval: float, function: Callable[[], Any]) -> None:
+        """Run ``function`` every ``interval`` seconds while started."""
+
+        def guarded() -> None:
+            try:
+                function()
+            except Exception:
+                _log.failure("periodic task {name} failed", name=function.__name__)
+
+        call = LoopingCall(guarded)
+        call.clock = self._clock
+        self._tasks.append((interval, call))
+
+    def start(self) -> None:
+        """Start every task (first run after one interval)."""
+        for interval, call in self._tasks:
+            call.start(interval, now=False)
+
+    def stop(self) -> None:
+        """Stop every running task."""
+        for _, call in self._tasks:
+            if call.running:
+                call.stop()

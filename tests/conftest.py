@@ -1,0 +1,6 @@
+"""Lets test modules import the shared helpers as ``helpers``."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))

@@ -1,0 +1,215 @@
+"""
+Test support: a real WebSocket client over loopback and a server fixture.
+
+The server runs in this process on the real reactor, bound to 127.0.0.1
+port 0; its timers run on a ``task.Clock`` the test advances by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+
+from signaling.config import Config
+from signaling.service import make_service
+
+#: Seconds a test waits for a message before failing.
+WAIT = 5.0
+
+
+class Client(WebSocketClientProtocol):
+    """A WebSocket client that queues every JSON message it receives."""
+
+    answer_pings = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inbox: defer.DeferredQueue = defer.DeferredQueue()
+        self.opened: defer.Deferred = defer.Deferred()
+        self.closed: defer.Deferred = defer.Deferred()
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+    def onOpen(self) -> None:
+        self.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.inbox.put(json.loads(payload))
+
+    def onPing(self, payload: bytes) -> None:
+        if self.answer_pings:
+            super().onPing(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_code = code
+        self.close_reason = reason
+        if not self.opened.called:
+            self.opened.errback(ConnectionRefused(code, reason))
+        self.closed.callback((code, reason))
+
+    def send(self, message: Any) -> None:
+        """Send one message (a dict is sent as JSON text)."""
+        if isinstance(message, (bytes, str)):
+            data = message.encode() if isinstance(message, str) else message
+            self.sendMessage(data)
+        else:
+            self.sendMessage(json.dumps(message).encode())
+
+    def next(self, timeout: float = WAIT) -> defer.Deferred:
+        """The next message received (fails after ``timeout`` seconds)."""
+        return self.inbox.get().addTimeout(timeout, reactor)
+
+    @defer.inlineCallbacks
+    def expect(self, type_: str, timeout: float = WAIT) -> Any:
+        """The next message, which must have type ``type_``."""
+        message = yield self.next(timeout)
+        if message.get("type") != type_:
+            raise AssertionError(f"expected {type_!r}, got {message!r}")
+        return message
+
+    @defer.inlineCallbacks
+    def expect_error(self, code: str) -> Any:
+        """The next message, which must be an error with ``code``."""
+        message = yield self.expect("error")
+        if message.get("code") != code:
+            raise AssertionError(f"expected error {code}, got {message!r}")
+        return message
+
+    def assert_quiet(self) -> None:
+        """Nothing unread has arrived."""
+        pending = list(self.inbox.pending)
+        if pending:
+            raise AssertionError(f"unexpected messages: {pending!r}")
+
+    def wait_closed(self, timeout: float = WAIT) -> defer.Deferred:
+        """Fires with (code, reason) once the connection is closed."""
+        done: defer.Deferred = defer.Deferred()
+        self.closed.addBoth(lambda result: (done.callback(result), result)[1])
+        return done.addTimeout(timeout, reactor)
+
+    def drop(self) -> defer.Deferred:
+        """Cut the TCP connection now and wait for it to be gone."""
+        if not self.closed.called:
+            self.transport.abortConnection()
+        return self.wait_closed()
+
+
+class ConnectionRefused(Exception):
+    """The WebSocket handshake did not succeed."""
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def connect(url: str, headers: dict[str, str] | None = None, client_class: type = Client,
+            context_factory: Any = None) -> defer.Deferred:
+    """Open a WebSocket connection; fires with the :class:`Client` once open."""
+    factory = WebSocketClientFactory(url, headers=headers or {})
+    factory.protocol = client_class
+    factory.setProtocolOptions(autoPingInterval=0, failByDrop=False, openHandshakeTimeout=WAIT)
+    created: list[Client] = []
+    original = factory.buildProtocol
+
+    def build(address: Any) -> Any:
+        protocol = original(address)
+        created.append(protocol)
+        return protocol
+
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    connector = connectWS(factory, contextFactory=context_factory, timeout=WAIT)
+    done: defer.Deferred = defer.Deferred()
+
+    def check_open() -> None:
+        if created:
+            created[0].opened.chainDeferred(done)
+        elif connector.state == "disconnected":
+            done.errback(ConnectionRefused(None, "TCP connection failed"))
+        else:
+            reactor.callLater(0.01, check_open)
+
+    check_open()
+    return done.addTimeout(WAIT, reactor)
+
+
+class ServerTestCase(unittest.TestCase):
+    """Starts a server on 127.0.0.1 for each test; closes everything after."""
+
+    #: Config values for the server of this test case.
+    config: dict[str, Any] = {}
+
+    def setUp(self) -> Any:
+        self.clock = task.Clock()
+        self.clients: list[Client] = []
+        self.start_server(**self.config)
+
+    def start_server(self, **overrides: Any) -> None:
+        values = {"port": 0, "interface": "127.0.0.1", "db": ":memory:"}
+        values.update(overrides)
+        self.service = make_service(Config(**values), reactor, clock=self.clock)
+        self.service.startService()
+        self.addCleanup(self._stop_server, self.service)
+        self.hub = self.service.hub
+        self.port = self.service.ports()[0].getHost().port
+        self.url = f"ws://127.0.0.1:{self.port}/"
+        self.http = f"http://127.0.0.1:{self.port}"
+
+    @defer.inlineCallbacks
+    def _stop_server(self, service: Any) -> Any:
+        for client in self.clients:
+            yield client.drop()
+        if service.running:
+            yield service.stopService()
+
+    @defer.inlineCallbacks
+    def connect(self, path: str = "/", headers: dict[str, str] | None = None,
+                client_class: type = Client) -> Any:
+        """A new client connected to this test's server."""
+        client = yield connect(self.url.rstrip("/") + path, headers, client_class)
+        self.clients.append(client)
+        return client
+
+    @defer.inlineCallbacks
+    def register(self, peer_id: str, **fields: Any) -> Any:
+        """A new client registered as ``peer_id`` (its ``registered`` consumed)."""
+        client = yield self.connect()
+        client.send({"type": "register", "peerId": peer_id, **fields})
+        yield client.expect("registered")
+        return client
+
+    @defer.inlineCallbacks
+    def join(self, room_id: str, user_id: str, client: Client | None = None) -> Any:
+        """A client (new unless given) that joined ``room_id`` as ``user_id``."""
+        if client is None:
+            client = yield self.connect()
+        client.send({"type": "join-room", "roomId": room_id, "sender": user_id})
+        yield client.expect("join-success")
+        return client
+
+    @defer.inlineCallbacks
+    def roundtrip(self, client: Client) -> Any:
+        """Wait until the server handled everything ``client`` sent so far."""
+        client.send({"type": "ping"})
+        yield client.expect("pong")
+
+    @defer.inlineCallbacks
+    def http_get(self, path: str, method: bytes = b"GET",
+                 headers: dict[bytes, list[bytes]] | None = None) -> Any:
+        """(response, body bytes) for an HTTP request to this server."""
+        agent = Agent(reactor)
+        response = yield agent.request(
+            method, (self.http + path).encode(), Headers(headers or {})
+        )
+        body = yield readBody(response)
+        return response, body
