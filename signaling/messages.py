@@ -9,6 +9,7 @@ shape of single messages, never who receives them.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 __all__ = [
@@ -65,7 +66,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 

@@ -1,0 +1,143 @@
+"""The offline store through the protocol (PROTOCOL section 5)."""
+
+from twisted.internet import defer
+
+from helpers import ServerTestCase
+
+
+class OfflineTests(ServerTestCase):
+    config = {"offline_max": 3, "offline_ttl": 60.0}
+
+    @defer.inlineCallbacks
+    def test_queued_then_delivered_in_order_after_registered(self):
+        self.clock.advance(1000)
+        sender = yield self.register("sender")
+        sender.send({"type": "offer", "to": "later", "messageId": "m1", "offer": {"sdp": "1"}})
+        self.assertEqual(
+            (yield sender.expect("peer-offline")),
+            {"type": "peer-offline", "peerId": "later", "messageId": "m1", "queued": True},
+        )
+        self.clock.advance(1)
+        sender.send({"type": "message", "to": "later", "id": "m2", "payload": "two"})
+        self.assertEqual((yield sender.expect("peer-offline"))["messageId"], "m2")
+        sender.send({"type": "ice-candidate", "to": "later", "candidate": {"c": 3}})
+        generated = (yield sender.expect("peer-offline"))["messageId"]
+        self.assertTrue(generated)
+        self.assertEqual(self.hub.store.count, 3)
+
+        self.clock.advance(2)
+        later = yield self.connect()
+        later.send({"type": "register", "peerId": "later"})
+        yield later.expect("registered")
+        first = yield later.expect("offline-message")
+        self.assertEqual(first, {
+            "type": "offline-message", "messageId": "m1",
+            "originalMessage": {"type": "offer", "to": "later", "messageId": "m1",
+                                "offer": {"sdp": "1"}, "from": "sender"},
+            "storedAt": 1000000, "deliveredAt": 1003000,
+        })
+        second = yield later.expect("offline-message")
+        self.assertEqual(second["originalMessage"]["payload"], "two")
+        self.assertEqual(second["originalMessage"]["timestamp"], 1001000)
+        third = yield later.expect("offline-message")
+        self.assertEqual(third["messageId"], generated)
+        # Presence comes after the stored messages.
+        yield sender.expect("peer-status")
+        self.assertEqual(self.hub.store.count, 0)
+
+    @defer.inlineCallbacks
+    def test_delivered_once_without_ack(self):
+        sender = yield self.register("sender")
+        sender.send({"type": "offer", "to": "later", "offer": {}})
+        yield sender.expect("peer-offline")
+        later = yield self.register("later")
+        yield later.expect("offline-message")
+        yield later.drop()
+        again = yield self.register("later")
+        yield self.roundtrip(again)
+        again.assert_quiet()
+
+    @defer.inlineCallbacks
+    def test_full_queue_refuses_and_keeps_old_messages(self):
+        sender = yield self.register("sender")
+        for i in range(3):
+            sender.send({"type": "offer", "to": "later", "messageId": f"m{i}", "offer": {}})
+            yield sender.expect("peer-offline")
+        sender.send({"type": "offer", "to": "later", "messageId": "m3", "offer": {}})
+        error = yield sender.expect_error("QUEUE_FULL")
+        self.assertEqual((error["messageId"], error["requestType"], error["peerId"]),
+                         ("m3", "offer", "later"))
+        later = yield self.register("later")
+        ids = []
+        for _ in range(3):
+            ids.append((yield later.expect("offline-message"))["messageId"])
+        self.assertEqual(ids, ["m0", "m1", "m2"])
+
+    @defer.inlineCallbacks
+    def test_expired_messages_are_never_delivered(self):
+        sender = yield self.register("sender")
+        sender.send({"type": "offer", "to": "later", "messageId": "old", "offer": {}})
+        yield sender.expect("peer-offline")
+        self.clock.advance(30)
+        sender.send({"type": "offer", "to": "later", "messageId": "young", "offer": {}})
+        yield sender.expect("peer-offline")
+        self.clock.advance(31)  # "old" is now 61 s old, past the 60 s limit
+        later = yield self.register("later")
+        delivered = yield later.expect("offline-message")
+        self.assertEqual(delivered["messageId"], "young")
+        yield self.roundtrip(later)
+        later.assert_quiet()
+
+    @defer.inlineCallbacks
+    def test_expiry_sweep_frees_the_store(self):
+        sender = yield self.register("sender")
+        sender.send({"type": "offer", "to": "later", "offer": {}})
+        yield sender.expect("peer-offline")
+        self.assertEqual(self.hub.store.count, 1)
+        self.clock.advance(61)  # the 60 s sweep runs
+        self.assertEqual(self.hub.store.count, 0)
+        self.assertEqual(self.hub.store.total_bytes, 0)
+
+    @defer.inlineCallbacks
+    def test_ack_mode_redelivers_until_acknowledged(self):
+        sender = yield self.register("sender")
+        for i in range(2):
+            sender.send({"type": "offer", "to": "later", "messageId": f"m{i}", "offer": {}})
+            yield sender.expect("peer-offline")
+        later = yield self.register("later", ack=True)
+        yield later.expect("offline-message")
+        yield later.expect("offline-message")
+        later.send({"type": "ack", "messageIds": ["m0"]})
+        yield self.roundtrip(later)
+        yield later.drop()
+        again = yield self.register("later", ack=True)
+        redelivered = yield again.expect("offline-message")
+        self.assertEqual(redelivered["messageId"], "m1")
+        again.send({"type": "ack", "messageIds": ["m1"]})
+        yield self.roundtrip(again)
+        self.assertEqual(self.hub.store.count, 0)
+        again.send({"type": "ack", "messageIds": "m1"})
+        yield again.expect_error("INVALID_FIELD")
+
+    @defer.inlineCallbacks
+    def test_ack_needs_registration(self):
+        client = yield self.connect()
+        client.send({"type": "ack", "messageIds": ["x"]})
+        yield client.expect_error("REGISTRATION_REQUIRED")
+
+
+class StoreByteLimitTests(ServerTestCase):
+    config = {"offline_max_bytes": 400, "offline_max_peers": 2}
+
+    @defer.inlineCallbacks
+    def test_global_caps_refuse(self):
+        sender = yield self.register("sender")
+        sender.send({"type": "offer", "to": "a", "offer": {"sdp": "x" * 200}})
+        yield sender.expect("peer-offline")
+        sender.send({"type": "offer", "to": "a", "offer": {"sdp": "x" * 200}})
+        yield sender.expect_error("QUEUE_FULL")
+        sender.send({"type": "offer", "to": "b", "offer": {}})
+        yield sender.expect("peer-offline")
+        sender.send({"type": "offer", "to": "c", "offer": {}})
+        yield sender.expect_error("QUEUE_FULL")
+        self.assertEqual(self.hub.store.count, 2)
