@@ -15,7 +15,13 @@ import warnings
 
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, task, threads
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    serverFromString,
+    wrapClientTLS,
+    wrapServerTLS,
+)
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import LogLevel, globalLogPublisher
@@ -196,6 +202,16 @@ class ChainTests(TLSTestCase):
         yield self.assert_verified_exchange(port, self.files.leaf.serial)
 
     @defer.inlineCallbacks
+    def test_reloadable_wraps_any_endpoint(self):
+        """wrapServerTLS (for tcp6:, unix:, systemd: listeners) takes it as well."""
+        tls = ReloadableTLS(str(self.files.cert), str(self.files.key), str(self.files.chain))
+        factory = _EchoFactory()
+        endpoint = wrapServerTLS(tls, TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1"))
+        port = yield endpoint.listen(factory)
+        self.addCleanup(self._close_server, port, factory)
+        yield self.assert_verified_exchange(port.getHost().port, self.files.leaf.serial)
+
+    @defer.inlineCallbacks
     def test_ssl_description_with_extra_cert_chain(self):
         """The documented ``--listen ssl:...:extraCertChain=`` form verifies."""
         description = (
@@ -300,10 +316,13 @@ class PolicyTests(TLSTestCase):
         )
         self.assertEqual(version, "TLSv1.2")
 
-    def test_no_compression(self):
+    def test_context_options(self):
+        """No compression (CRIME); TLS 1.0 and 1.1 switched off in the context itself."""
         options = load_certificate_options(str(self.files.fullchain), str(self.files.key))
         # set_options(0) adds nothing and returns the options in force.
-        self.assertTrue(options.getContext().set_options(0) & SSL.OP_NO_COMPRESSION)
+        in_force = options.getContext().set_options(0)
+        for flag in (SSL.OP_NO_COMPRESSION, SSL.OP_NO_TLSv1, SSL.OP_NO_TLSv1_1):
+            self.assertTrue(in_force & flag, flag)
 
 
 class ConfigErrorTests(unittest.TestCase):
