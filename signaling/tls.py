@@ -310,7 +310,8 @@ class ReloadableTLS:
             "TLS certificate reloaded: {subject} serial {serial} valid until {not_after}",
             subject=leaf.subject.rfc4514_string(),
             serial=format(leaf.serial_number, "x"),
-            not_after=leaf.not_valid_after_utc.isoformat(),
+            # not_valid_after_utc needs cryptography >= 42
+            not_after=getattr(leaf, "not_valid_after_utc", None) or leaf.not_valid_after,
         )
         return True
 
