@@ -250,3 +250,25 @@ class ResourceTests(unittest.TestCase):
         self.assertEqual(
             parsed[("signaling_messages_relayed_total", (("type", "offer"),))], 4
         )
+
+
+class DocumentationTests(unittest.TestCase):
+    """docs/operations.md lists exactly the metrics the server exports."""
+
+    def test_every_metric_documented(self) -> None:
+        import pathlib
+        import re
+
+        doc = pathlib.Path(__file__).parent.parent / "docs" / "operations.md"
+        documented = set(re.findall(r"\| `(signaling_[a-z_]+)`", doc.read_text("utf-8")))
+        metrics = Metrics(process=False)
+        metrics.bind(
+            connections=lambda: 0, rooms=lambda: 0, peers=lambda: 0,
+            offline_messages=lambda: 0, offline_bytes=lambda: 0,
+        )
+        body, _ = metrics.render()
+        exported = set()
+        for family in text_string_to_metric_families(body.decode("utf-8")):
+            suffix = "_total" if family.type == "counter" else ""
+            exported.add(family.name + suffix)
+        self.assertEqual(documented, exported)
