@@ -1,0 +1,248 @@
+"""
+Log events and log formats.
+
+Every operational log line carries an ``event`` field naming what happened
+(see :data:`EVENTS`) and a ``peer`` field with the remote address
+(``"ip:port"``) when a connection is involved. Other fields by convention:
+``identity`` (the bound peer/user id), ``room``, ``code`` (error code or close
+code), ``limit`` (which limit was hit), ``reason``.
+
+Log through :func:`log_event`, which keeps the format string lazy::
+
+    log_event(log, "register", peer=peer, identity=peer_id)
+    log_event(log, "limit", peer=peer, limit="rate")
+
+or call the logger directly with the same fields::
+
+    log.info("{peer} registered as {identity}", event="register",
+             peer=peer, identity=peer_id)
+
+Two observers render events: :func:`text_observer` (one readable line each)
+and :func:`json_observer` (one JSON object per line). :func:`json_logger` is
+the zero-argument factory ``twistd --logger signaling.logs.json_logger``
+expects.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from string import Formatter
+from datetime import datetime, timezone
+from typing import IO, Any, Mapping
+
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogLevel,
+    Logger,
+    formatEvent,
+)
+from twisted.python.failure import Failure
+from twisted.python.reflect import safe_repr
+
+__all__ = [
+    "EVENTS",
+    "PAYLOAD_FIELDS",
+    "log_event",
+    "json_observer",
+    "text_observer",
+    "json_logger",
+    "payload_for_log",
+]
+
+#: The event vocabulary: name -> (level, default format). Each format names
+#: only the fields that event requires.
+EVENTS: Mapping[str, tuple[LogLevel, str]] = {
+    "connect": (LogLevel.info, "{peer} connected"),
+    "disconnect": (LogLevel.info, "{peer} disconnected"),
+    "register": (LogLevel.info, "{peer} registered as {identity}"),
+    "join": (LogLevel.info, "{peer} ({identity}) joined room {room}"),
+    "leave": (LogLevel.info, "{peer} ({identity}) left room {room}"),
+    "takeover": (LogLevel.info, "{peer} took over {identity}"),
+    "error": (LogLevel.info, "{peer} got error {code}"),
+    "heartbeat_drop": (LogLevel.info, "{peer} dropped: no heartbeat"),
+    "limit": (LogLevel.warn, "{peer} hit limit {limit}"),
+    "shutdown": (LogLevel.info, "server shutting down ({reason})"),
+}
+
+_REQUIRED = {
+    name: tuple(field for _, field, _, _ in Formatter().parse(fmt) if field)
+    for name, (_, fmt) in EVENTS.items()
+}
+
+#: Message fields that may carry SDP, addresses or user content.
+PAYLOAD_FIELDS = frozenset(
+    {"sdp", "offer", "answer", "candidate", "data", "message", "payload", "deviceInfo"}
+)
+
+REDACTED = "<redacted>"
+
+# Keys an old-style twisted.python.log event carries besides its own fields.
+_LEGACY_KEYS = frozenset({"message", "time", "system", "isError", "format", "failure"})
+_RESERVED = ("time", "level", "namespace", "event", "text", "failure")
+
+
+def log_event(
+    logger: Logger,
+    event: str,
+    format: str | None = None,
+    level: LogLevel | None = None,
+    **fields: Any,
+) -> None:
+    """
+    Emit one event of :data:`EVENTS` with its fields.
+
+    ``format`` and ``level`` default to the vocabulary's; fields the
+    default format needs but the caller left out are logged as ``None``, so
+    the text always renders. Formatting happens only in an observer.
+
+    :raises KeyError: for an event name outside the vocabulary.
+    """
+    default_level, default_format = EVENTS[event]
+    if format is None:
+        format = default_format
+        for name in _REQUIRED[event]:
+            fields.setdefault(name, None)
+    logger.emit(default_level if level is None else level, format, event=event, **fields)
+
+
+def _timestamp(event: Mapping[str, Any]) -> str:
+    when = datetime.fromtimestamp(event.get("log_time") or 0, timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _level_name(event: Mapping[str, Any]) -> str | None:
+    name = getattr(event.get("log_level"), "name", None)
+    return name if isinstance(name, str) else None
+
+
+def _failure_of(event: Mapping[str, Any]) -> Failure | None:
+    failure = event.get("log_failure", event.get("failure"))
+    return failure if isinstance(failure, Failure) else None
+
+
+def _traceback(failure: Failure) -> str:
+    try:
+        return failure.getTraceback()
+    except Exception:
+        return f"{failure.type!r}: {failure.value!r} (traceback unavailable)"
+
+
+def _fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    legacy = event.get("log_namespace") == "log_legacy" or "isError" in event
+    fields = {}
+    for key, value in event.items():
+        if key == "event" or key.startswith("log_") or (legacy and key in _LEGACY_KEYS):
+            continue
+        if key in _RESERVED:
+            # Never let an event field overwrite the line's own keys.
+            key = "field_" + key
+        fields[key] = value
+    return fields
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    try:
+        return json.dumps(record, default=safe_repr, allow_nan=False)
+    except (TypeError, ValueError):
+        # A dict with non-string keys, NaN, or the like: repr field by field.
+        safe = {}
+        for key, value in record.items():
+            try:
+                json.dumps(value, default=safe_repr, allow_nan=False)
+                safe[key] = value
+            except (TypeError, ValueError):
+                safe[key] = safe_repr(value)
+        return json.dumps(safe, default=safe_repr)
+
+
+def format_json(event: Mapping[str, Any]) -> str:
+    """
+    Render one event as a JSON line.
+
+    Keys: ``time`` (ISO 8601 UTC), ``level``, ``namespace``, ``event``
+    (``null`` for events outside the vocabulary), ``text`` (the formatted
+    message), ``failure`` (traceback text, only when there is one), then the
+    event's own fields; values JSON cannot hold are repr'd.
+    """
+    record: dict[str, Any] = {
+        "time": _timestamp(event),
+        "level": _level_name(event),
+        "namespace": event.get("log_namespace"),
+        "event": event.get("event"),
+        "text": formatEvent(dict(event)),
+    }
+    failure = _failure_of(event)
+    if failure is not None:
+        record["failure"] = _traceback(failure)
+    record.update(_fields(event))
+    return _dumps(record) + "\n"
+
+
+def format_text(event: Mapping[str, Any]) -> str:
+    """
+    Render one event as a readable line::
+
+        2024-05-01T12:00:00.123Z [signaling.hub#info] register: 10.0.0.1:5000 registered as alice
+
+    A failure's traceback follows on indented lines.
+    """
+    level_name = _level_name(event) or "-"
+    text = formatEvent(dict(event)).replace("\n", "\n\t")
+    name = event.get("event")
+    if isinstance(name, str):
+        text = f"{name}: {text}"
+    line = f"{_timestamp(event)} [{event.get('log_namespace', '-')}#{level_name}] {text}\n"
+    failure = _failure_of(event)
+    if failure is not None and "log_failure" in event:
+        line += "\t" + _traceback(failure).rstrip("\n").replace("\n", "\n\t") + "\n"
+    return line
+
+
+def json_observer(outfile: IO[str]) -> ILogObserver:
+    """An observer writing one JSON object per line to ``outfile``."""
+    return FileLogObserver(outfile, format_json)
+
+
+def text_observer(outfile: IO[str]) -> ILogObserver:
+    """An observer writing one readable line per event to ``outfile``."""
+    return FileLogObserver(outfile, format_text)
+
+
+def json_logger() -> ILogObserver:
+    """
+    JSON lines on standard output, for ``twistd --logger signaling.logs.json_logger``.
+
+    twistd calls this with no arguments before it redirects standard output
+    into the log, so the stream is taken here, at call time.
+    """
+    return json_observer(sys.stdout)
+
+
+def payload_for_log(message: Any, log_payloads: bool = False) -> Any:
+    """
+    A copy of ``message`` safe to log: every :data:`PAYLOAD_FIELDS` value, at
+    any depth, replaced by ``"<redacted>"``, since SDP and ICE candidates
+    hold IP addresses. With ``log_payloads`` (``--log-payloads``) the message
+    is returned as it is. The message itself is never modified.
+    """
+    if log_payloads:
+        return message
+    return _strip(message, 0)
+
+
+_MAX_DEPTH = 32
+
+
+def _strip(value: Any, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        return REDACTED
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if key in PAYLOAD_FIELDS else _strip(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_strip(item, depth + 1) for item in value]
+    return value

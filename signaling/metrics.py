@@ -1,0 +1,337 @@
+"""
+Prometheus metrics for one server instance.
+
+Every :class:`Metrics` owns its own ``CollectorRegistry``, so two services
+embedded in one process never clash and the global registry is never
+touched. The recording methods sit on the hot path: label children are bound
+once here and each call is one dict lookup and one increment.
+
+Label values are bounded: client-chosen message types outside
+:data:`KNOWN_MESSAGE_TYPES`, unknown error codes and unknown refusal reasons
+are all counted as ``"other"``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from . import __version__, messages
+
+__all__ = [
+    "KNOWN_MESSAGE_TYPES",
+    "KNOWN_ERROR_CODES",
+    "REFUSAL_REASONS",
+    "RELAY_LATENCY_BUCKETS",
+    "Metrics",
+    "MetricsResource",
+]
+
+#: Message types that get their own ``type`` label value; the rest is "other".
+KNOWN_MESSAGE_TYPES = frozenset(
+    {"offer", "answer", "ice-candidate", "chat", "message"} | messages.CONTROL_TYPES
+)
+
+#: Error codes that get their own ``code`` label value; the rest is "other".
+KNOWN_ERROR_CODES = frozenset(
+    {
+        messages.INVALID_MESSAGE,
+        messages.INVALID_FIELD,
+        messages.UNKNOWN_MESSAGE_TYPE,
+        messages.REGISTRATION_REQUIRED,
+        messages.IDENTITY_MISMATCH,
+        messages.NOT_IN_ROOM,
+        messages.PEER_NOT_IN_ROOM,
+        messages.ROOM_FULL,
+        messages.TOO_MANY_ROOMS,
+        messages.QUEUE_FULL,
+        messages.RATE_LIMITED,
+        messages.UNAUTHORIZED,
+        messages.FORBIDDEN,
+        messages.INTERNAL_ERROR,
+    }
+)
+
+#: Reasons a connection is refused at the handshake; the rest is "other".
+REFUSAL_REASONS = frozenset(
+    {"max_connections", "per_ip", "origin", "auth", "handshake_timeout"}
+)
+
+#: Relay latency buckets in seconds, from 50 microseconds to one second.
+RELAY_LATENCY_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+OTHER = "other"
+NAMESPACE = "signaling"
+
+#: Live gauges read at scrape time: name -> help text.
+_LIVE_GAUGES = {
+    "connections": "Open WebSocket connections now, registered or not.",
+    "rooms": "Rooms that exist now.",
+    "peers": "Identities bound to a live connection now.",
+    "offline_messages": "Messages in the offline store now.",
+    "offline_bytes": "Bytes of message data in the offline store now.",
+}
+
+_log = Logger()
+
+
+def _children(metric, label: str, values: Iterable[str]) -> dict:
+    """Bind one label child per value, plus the ``other`` child."""
+    bound = {value: metric.labels(**{label: value}) for value in values}
+    bound[OTHER] = metric.labels(**{label: OTHER})
+    return bound
+
+
+class _LiveCollector:
+    """
+    Reads the gauges through callables the server provides, at scrape time.
+
+    A callable that raises is logged and its gauge left out of that scrape,
+    so a broken callback never fails the whole scrape.
+    """
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], float]] = {}
+
+    def describe(self) -> list[Metric]:
+        """Name the families this collector may yield (for clash checks)."""
+        families: list[Metric] = [
+            GaugeMetricFamily(f"{NAMESPACE}_{name}", text)
+            for name, text in _LIVE_GAUGES.items()
+        ]
+        families.append(InfoMetricFamily(f"{NAMESPACE}_build", "Server version."))
+        return families
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield one gauge per bound source."""
+        yield InfoMetricFamily(
+            f"{NAMESPACE}_build", "Server version.", value={"version": __version__}
+        )
+        for name, source in list(self.sources.items()):
+            try:
+                value = float(source())
+            except Exception:
+                _log.failure("metrics gauge {gauge} could not be read", gauge=name)
+                continue
+            yield GaugeMetricFamily(
+                f"{NAMESPACE}_{name}", _LIVE_GAUGES[name], value=value
+            )
+
+
+class _WithoutCreated:
+    """
+    A view of a registry without the ``*_created`` samples of counters and
+    histograms: they double the series count and say nothing a restart
+    counter reset does not, and switching them off globally would touch
+    process-wide state.
+    """
+
+    _TYPES = frozenset({"counter", "histogram", "summary"})
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the registry's families, filtered."""
+        for family in self._registry.collect():
+            if family.type in self._TYPES:
+                family.samples = [
+                    s for s in family.samples if not s.name.endswith("_created")
+                ]
+            yield family
+
+
+class Metrics:
+    """
+    The counters, histogram and live gauges of one server.
+
+    :ivar registry: this instance's own ``CollectorRegistry``.
+    """
+
+    def __init__(self, process: bool = True) -> None:
+        """
+        :param process: also export ``process_*`` metrics (CPU, memory, open
+            file descriptors) of this process in this registry.
+        """
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self._opened = Counter(
+            "connections_opened",
+            "WebSocket connections accepted since start.",
+            namespace=NAMESPACE,
+            registry=reg,
+        )
+        self._closed = Counter(
+            "connections_closed",
+            "WebSocket connections closed since start, for any reason.",
+            namespace=NAMESPACE,
+            registry=reg,
+        )
+        refused = Counter(
+            "connections_refused",
+            "Connections refused at the handshake, by reason.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=reg,
+        )
+        received = Counter(
+            "messages_received",
+            "Messages received from clients, by type.",
+            ["type"],
+            namespace=NAMESPACE,
+            registry=reg,
+        )
+        relayed = Counter(
+            "messages_relayed",
+            "Messages delivered to a recipient (one per delivery), by type.",
+            ["type"],
+            namespace=NAMESPACE,
+            registry=reg,
+        )
+        errors = Counter(
+            "errors",
+            "Error messages sent to clients, by code.",
+            ["code"],
+            namespace=NAMESPACE,
+            registry=reg,
+        )
+        self._heartbeat_drops = Counter(
+            "heartbeat_drops",
+            "Connections dropped for missing the heartbeat.",
+            namespace=NAMESPACE,
+            registry=reg,
+        )
+        self._offline_queued = Counter(
+            "offline_queued",
+            "Messages stored for an offline recipient since start.",
+            namespace=NAMESPACE,
+            registry=reg,
+        )
+        self._latency = Histogram(
+            "relay_latency_seconds",
+            "Time from receiving a message to writing it to its recipients.",
+            namespace=NAMESPACE,
+            registry=reg,
+            buckets=RELAY_LATENCY_BUCKETS,
+        )
+        self._refused = _children(refused, "reason", REFUSAL_REASONS)
+        self._received = _children(received, "type", KNOWN_MESSAGE_TYPES)
+        self._relayed = _children(relayed, "type", KNOWN_MESSAGE_TYPES)
+        self._errors = _children(errors, "code", KNOWN_ERROR_CODES)
+        self._refused_other = self._refused[OTHER]
+        self._received_other = self._received[OTHER]
+        self._relayed_other = self._relayed[OTHER]
+        self._errors_other = self._errors[OTHER]
+        self._live = _LiveCollector()
+        reg.register(self._live)
+        self._view = _WithoutCreated(reg)
+        if process:
+            ProcessCollector(registry=reg)
+
+    def connection_opened(self) -> None:
+        """Count one accepted WebSocket connection."""
+        self._opened.inc()
+
+    def connection_closed(self) -> None:
+        """Count one closed WebSocket connection."""
+        self._closed.inc()
+
+    def connection_refused(self, reason: str) -> None:
+        """Count one refused handshake; see :data:`REFUSAL_REASONS`."""
+        self._refused.get(reason, self._refused_other).inc()
+
+    def message_received(self, type: str) -> None:
+        """Count one message received from a client."""
+        self._received.get(type, self._received_other).inc()
+
+    def message_relayed(self, type: str, count: int = 1) -> None:
+        """Count ``count`` deliveries of one message to recipients."""
+        self._relayed.get(type, self._relayed_other).inc(count)
+
+    def error(self, code: str) -> None:
+        """Count one error message sent to a client."""
+        self._errors.get(code, self._errors_other).inc()
+
+    def heartbeat_drop(self) -> None:
+        """Count one connection dropped for missing the heartbeat."""
+        self._heartbeat_drops.inc()
+
+    def offline_queued(self) -> None:
+        """Count one message stored for an offline recipient."""
+        self._offline_queued.inc()
+
+    def observe_relay_latency(self, seconds: float) -> None:
+        """Record the time one message took from receipt to delivery."""
+        self._latency.observe(seconds)
+
+    def bind(
+        self,
+        connections: Optional[Callable[[], float]] = None,
+        rooms: Optional[Callable[[], float]] = None,
+        peers: Optional[Callable[[], float]] = None,
+        offline_messages: Optional[Callable[[], float]] = None,
+        offline_bytes: Optional[Callable[[], float]] = None,
+    ) -> None:
+        """
+        Give the live gauges their sources: callables returning the value now.
+
+        Only the given callables are (re)bound; a gauge without a source is
+        not exported.
+        """
+        given = {
+            "connections": connections,
+            "rooms": rooms,
+            "peers": peers,
+            "offline_messages": offline_messages,
+            "offline_bytes": offline_bytes,
+        }
+        for name, source in given.items():
+            if source is not None:
+                self._live.sources[name] = source
+
+    def render(self) -> tuple[bytes, str]:
+        """All metrics in the Prometheus text format, with its content type."""
+        return generate_latest(self._view), CONTENT_TYPE_LATEST  # type: ignore[arg-type]
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``: the Prometheus text exposition of one :class:`Metrics`."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request) -> bytes:
+        """Serve :meth:`Metrics.render`, never cached."""
+        body, content_type = self.metrics.render()
+        request.setHeader(b"Content-Type", content_type.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
