@@ -63,6 +63,12 @@ class Config:
     peers_page_max: int = 500
     #: ``peer-status`` broadcasts: "all" (seed behaviour) or "none".
     presence: str = "all"
+    #: PEM certificate (optionally followed by its chain) for the --port listener.
+    tls_cert: str | None = None
+    #: PEM private key of ``tls_cert``.
+    tls_key: str | None = None
+    #: PEM file of intermediate certificates sent after those of ``tls_cert``.
+    tls_chain: str | None = None
 
     def __post_init__(self) -> None:
         if self.port is not None:
@@ -83,6 +89,10 @@ class Config:
             raise ValueError("--presence must be 'all' or 'none'")
         if not self.db:
             raise ValueError("--db must be a file path or ':memory:'")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key must be given together")
+        if self.tls_chain and not self.tls_cert:
+            raise ValueError("--tls-chain needs --tls-cert and --tls-key")
         for origin in self.allowed_origins:
             if not origin or origin != origin.strip():
                 raise ValueError(f"--allowed-origin {origin!r} is not an origin")

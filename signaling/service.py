@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from .config import Config
 from .hub import Hub
 from .store import IOfflineStore, MemoryStore, StoreLimits
+from .tls import ReloadableTLS, tls_from_options, tls_server_endpoint
 from .web import make_site
 from .websocket import SignalingFactory
 
@@ -45,12 +46,12 @@ def make_service(config: Config, reactor: Any, clock: Any = None) -> "SignalingS
     Build the server described by ``config``.
 
     ``reactor`` does the networking; ``clock`` (default: the reactor) drives
-    heartbeats, stats and expiry, so tests can pass a ``task.Clock``. Store
-    errors (an unreadable database, say) are raised here, before anything
-    listens.
+    heartbeats, stats and expiry, so tests can pass a ``task.Clock``. Errors
+    in the TLS files or the store are raised here, before anything listens.
     """
     clock = reactor if clock is None else clock
-    return SignalingService(config, reactor, clock, open_store(config, reactor))
+    tls = tls_from_options(config.tls_cert, config.tls_key, config.tls_chain)
+    return SignalingService(config, reactor, clock, open_store(config, reactor), tls)
 
 
 def open_store(config: Config, reactor: Any) -> IOfflineStore:
@@ -69,9 +70,17 @@ def open_store(config: Config, reactor: Any) -> IOfflineStore:
 class SignalingService(MultiService):
     """The hub, its listeners, its timers and its offline store."""
 
-    def __init__(self, config: Config, reactor: Any, clock: Any, store: IOfflineStore) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        clock: Any,
+        store: IOfflineStore,
+        tls: ReloadableTLS | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self.tls = tls
         self.reactor = reactor
         self.clock = clock
         self.store = store
@@ -97,6 +106,10 @@ class SignalingService(MultiService):
 
     def _default_endpoint(self) -> Any:
         config = self.config
+        if self.tls is not None:
+            return tls_server_endpoint(
+                self.reactor, config.port, self.tls, config.interface, config.backlog
+            )
         endpoint_class = TCP6ServerEndpoint if ":" in config.interface else TCP4ServerEndpoint
         return endpoint_class(
             self.reactor, config.port, backlog=config.backlog, interface=config.interface
@@ -110,6 +123,17 @@ class SignalingService(MultiService):
     def startService(self) -> None:
         super().startService()
         self.timers.start()
+
+    def reload_tls(self) -> bool:
+        """
+        Load the TLS certificate and key again (after a renewal) for new
+        handshakes; open connections keep theirs. False when TLS is off or the
+        new files are unusable (then the old certificate stays).
+        """
+        if self.tls is None:
+            return False
+        _log.info("reloading TLS certificate")
+        return self.tls.reload()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -222,3 +246,13 @@ class Timers:
         for _, call in self._tasks:
             if call.running:
                 call.stop()
+
+
+def reload_tls_on_sighup(reactor: Any, service: SignalingService) -> None:
+    """Make SIGHUP reload the TLS certificate (certificate renewal without restart)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(service.reload_tls)
+
+    signal.signal(signal.SIGHUP, handler)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from twisted.python import usage
 
 from .config import Config
+from .tls import check_listen_description, tls_from_options
 
 __all__ = ["Options", "makeService"]
 
@@ -59,15 +60,18 @@ _PARAMETERS: list[tuple[str, str | None, str, Callable[[str], Any], str]] = [
     ("max-room-members", None, "max_room_members", int, "Members one room may hold."),
     ("presence", None, "presence", str,
      "peer-status broadcasts: all (every registered peer hears of every other) or none."),
+    ("tls-cert", None, "tls_cert", str,
+     "PEM certificate for the --port listener, which then speaks TLS (wss:// and https://); "
+     "a full chain (certbot's fullchain.pem) is sent whole."),
+    ("tls-key", None, "tls_key", str, "PEM private key of --tls-cert."),
+    ("tls-chain", None, "tls_chain", str, "PEM intermediate certificates, sent after --tls-cert's."),
 ]
 
-# (option, Config field, help): options that may be given several times.
-_REPEATABLE: list[tuple[str, str, str]] = [
-    ("listen", "listen",
-     "Twisted endpoint to listen on as well, e.g. tcp:9002, tcp6:9001, unix:/run/signaling.sock, "
-     "systemd:domain=INET6:index=0 (repeatable)."),
-    ("allowed-origin", "allowed_origins",
-     "WebSocket Origin allowed at the handshake, others get 403 (repeatable; default: any)."),
+# (option, Config field): options that may be given several times; their
+# help is the docstring of their opt_ method.
+_REPEATABLE: list[tuple[str, str]] = [
+    ("listen", "listen"),
+    ("allowed-origin", "allowed_origins"),
 ]
 
 _FLAGS: list[tuple[str, str, str]] = []
@@ -98,16 +102,23 @@ class Options(usage.Options):
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self._environ = os.environ if environ is None else environ
-        for name, _, _ in _REPEATABLE:
+        for name, _ in _REPEATABLE:
             self[name] = []
         self.config: Config | None = None
 
     def opt_listen(self, description: str) -> None:
-        """Twisted endpoint to listen on (repeatable)."""
+        """
+        Twisted endpoint to listen on as well (repeatable), e.g. tcp:9002,
+        ssl:443:privateKey=key.pem:certKey=cert.pem:extraCertChain=chain.pem,
+        tcp6:9001, unix:/run/signaling.sock, systemd:domain=INET6:index=0.
+        """
         self["listen"].append(description)
 
     def opt_allowed_origin(self, origin: str) -> None:
-        """WebSocket Origin allowed at the handshake (repeatable)."""
+        """
+        WebSocket Origin allowed at the handshake, others get 403 (repeatable;
+        default: any origin).
+        """
         self["allowed-origin"].append(origin)
 
     def _raw(self, option: str) -> str | None:
@@ -126,7 +137,7 @@ class Options(usage.Options):
                 values[field] = convert(raw)
             except ValueError:
                 raise usage.UsageError(f"--{name}: invalid value {raw!r}")
-        for name, field, _ in _REPEATABLE:
+        for name, field in _REPEATABLE:
             given = list(self[name])
             if not given and self._environ.get(_env_name(name)):
                 given = re.split(r"[,\s]+", self._environ[_env_name(name)].strip())
@@ -141,7 +152,10 @@ class Options(usage.Options):
             values["port"] = None
         try:
             self.config = Config(**values)
-        except ValueError as e:
+            tls_from_options(self.config.tls_cert, self.config.tls_key, self.config.tls_chain)
+            for description in self.config.listen:
+                check_listen_description(description)
+        except ValueError as e:  # TLSConfigError is one too
             raise usage.UsageError(str(e))
 
 
@@ -149,7 +163,9 @@ def makeService(options: Options) -> Any:
     """Build the service for ``twistd`` (the plugin's entry point)."""
     from twisted.internet import reactor
 
-    from .service import make_service
+    from .service import make_service, reload_tls_on_sighup
 
     assert options.config is not None
-    return make_service(options.config, reactor)
+    service = make_service(options.config, reactor)
+    reload_tls_on_sighup(reactor, service)
+    return service

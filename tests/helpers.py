@@ -17,7 +17,8 @@ from autobahn.twisted.websocket import (
 )
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
-from twisted.web.client import Agent, readBody
+from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
 from signaling.config import Config
@@ -225,5 +226,26 @@ class ServerTestCase(unittest.TestCase):
         response = yield agent.request(
             method, (self.http + path).encode(), Headers(headers or {})
         )
-        body = yield readBody(response)
+        body = yield read_body(response)
         return response, body
+
+
+class _Body(Protocol):
+    """Collects a response body (readBody warns on Agent's proxy transport)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: defer.Deferred = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(b"".join(self.chunks))
+
+
+def read_body(response: Any) -> defer.Deferred:
+    """The whole body of an Agent response."""
+    body = _Body()
+    response.deliverBody(body)
+    return body.done

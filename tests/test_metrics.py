@@ -7,26 +7,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial import unittest
-from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from helpers import read_body
 from signaling.metrics import Metrics, MetricsResource
-
-
-class _Body(Protocol):
-    """Collects a response body (readBody warns on Agent's proxy transport)."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.done: defer.Deferred = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def connectionLost(self, reason=None) -> None:
-        self.done.callback(b"".join(self.chunks))
 
 
 def samples(metrics: Metrics) -> dict:
@@ -250,9 +236,7 @@ class ResourceTests(unittest.TestCase):
         self.addCleanup(pool.closeCachedConnections)
         agent = Agent(_reactor, pool=pool)
         response = yield agent.request(b"GET", url)
-        collector = _Body()
-        response.deliverBody(collector)
-        body = yield collector.done
+        body = yield read_body(response)
         self.assertEqual(response.code, 200)
         self.assertEqual(
             response.headers.getRawHeaders(b"content-type"),

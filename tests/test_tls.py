@@ -37,7 +37,7 @@ from signaling.tls import (
     tls_from_options,
     tls_server_endpoint,
 )
-from tests.certs import PKI, pem_private_key
+from certs import PKI, pem_private_key
 
 
 def _reactor():
