@@ -6,6 +6,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import shutil
+import tempfile
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -196,8 +199,12 @@ class RoomsClaimTests(VerifierMixin, SynchronousTestCase):
 class PublicKeyTests(VerifierMixin, SynchronousTestCase):
     """RS256 and ES256 with a PEM public key file."""
 
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="signaling-auth-")
+        self.addCleanup(shutil.rmtree, self.directory)
+
     def key_file(self, data: bytes) -> str:
-        path = self.mktemp()
+        path = os.path.join(self.directory, f"key-{len(os.listdir(self.directory))}.pem")
         with open(path, "wb") as f:
             f.write(data)
         return path
@@ -278,7 +285,9 @@ class PublicKeyTests(VerifierMixin, SynchronousTestCase):
         )
 
     def test_missing_file(self):
-        self.assertRaises(OSError, TokenVerifier.from_public_key_file, self.mktemp())
+        self.assertRaises(
+            OSError, TokenVerifier.from_public_key_file, os.path.join(self.directory, "none")
+        )
 
 
 class TokenFromQueryTests(SynchronousTestCase):
