@@ -20,10 +20,16 @@ __all__ = [
     "validate_id",
     "CONTROL_TYPES",
     "MAX_ID_LENGTH",
+    "MAX_DEPTH",
 ]
 
 #: Longest peer, user or room id accepted (PROTOCOL section 2).
 MAX_ID_LENGTH = 128
+
+#: Deepest nesting of arrays/objects accepted. Far beyond any signaling
+#: message, and far below the interpreter's recursion limit, so encoding a
+#: decoded message again can never hit a RecursionError.
+MAX_DEPTH = 64
 
 #: Message types the server answers itself; everything else is relayed.
 CONTROL_TYPES = frozenset(
@@ -66,14 +72,29 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _finite_float(text: str) -> float:
+def _parse_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"number {text[:20]} is out of range")
     return value
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
+
+
+def _too_deep(text: str, message: Any) -> bool:
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    stack = [(message, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
@@ -97,6 +118,8 @@ def decode(payload: bytes | str) -> dict[str, Any]:
         raise ProtocolError(INVALID_MESSAGE, f"message is not valid JSON: {e}")
     if not isinstance(message, dict):
         raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
+    if _too_deep(payload, message):
+        raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
     if not isinstance(message.get("type"), str):
         raise ProtocolError(INVALID_MESSAGE, "message needs a string field 'type'")
     return message

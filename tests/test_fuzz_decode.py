@@ -1,0 +1,290 @@
+"""
+Property tests for the wire codec: hostile input never escapes as anything
+but ``ProtocolError(INVALID_MESSAGE)``, and what decodes encodes back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from signaling.messages import (
+    INVALID_FIELD,
+    INVALID_MESSAGE,
+    MAX_DEPTH,
+    MAX_ID_LENGTH,
+    ProtocolError,
+    decode,
+    encode,
+    validate_id,
+)
+
+settings.register_profile(
+    "signaling-fuzz",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+FUZZ = settings.get_profile("signaling-fuzz")
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**300), max_value=10**300)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30,
+)
+messages = st.builds(
+    lambda type_, rest: {**rest, "type": type_},
+    st.text(),
+    st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+)
+
+HOSTILE = [
+    "1e400",
+    "-1e400",
+    "1E+999",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "9" * 5000,
+    "-" + "9" * 5000,
+    "[" * 100000,
+    "{" * 100000,
+    '{"a":' * 5000,
+    '"\\ud800"',
+    '"\\udfff\\ud800"',
+    '"\\u0000"',
+    '"\\x41"',
+    "\ud800",
+    "\x00",
+    "\ufeff",
+    "tru",
+    "]",
+    "}",
+    ",",
+    '"',
+    "'",
+    "//",
+]
+HOSTILE_BYTES = [b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80"]
+
+
+def strict_loads(data: bytes):
+    """Parse JSON the way a strict peer would: ASCII, no NaN/Infinity."""
+
+    def no_constant(name):
+        raise AssertionError(f"encoder produced {name}")
+
+    return json.loads(data.decode("ascii"), parse_constant=no_constant)
+
+
+class DecodeContractMixin:
+    def assertDecodeContract(self, payload):
+        """``decode`` returns a message or raises INVALID_MESSAGE; nothing else."""
+        try:
+            message = decode(payload)
+        except ProtocolError as e:
+            self.assertEqual(e.code, INVALID_MESSAGE)
+            self.assertIsInstance(e.text, str)
+            return None
+        self.assertIsInstance(message, dict)
+        self.assertIsInstance(message["type"], str)
+        self.assertRoundTrip(message)
+        return message
+
+    def assertRoundTrip(self, message):
+        wire = encode(message)
+        self.assertIsInstance(wire, bytes)
+        self.assertEqual(strict_loads(wire), message)
+        self.assertEqual(decode(wire), message)
+        self.assertEqual(encode(decode(wire)), wire)
+
+
+class DecodePropertyTests(DecodeContractMixin, SynchronousTestCase):
+    """Properties of ``decode`` over generated input."""
+
+    @FUZZ
+    @given(json_values)
+    def test_any_json_value(self, value):
+        message = self.assertDecodeContract(json.dumps(value))
+        is_message = isinstance(value, dict) and isinstance(value.get("type"), str)
+        self.assertEqual(message is not None, is_message)
+        if is_message:
+            self.assertEqual(message, value)
+
+    @FUZZ
+    @given(messages)
+    def test_messages_round_trip(self, message):
+        self.assertEqual(self.assertDecodeContract(encode(message)), message)
+        self.assertEqual(self.assertDecodeContract(json.dumps(message).encode()), message)
+
+    @FUZZ
+    @given(st.binary(max_size=200))
+    def test_any_bytes(self, payload):
+        self.assertDecodeContract(payload)
+
+    @FUZZ
+    @given(st.text(max_size=200))
+    def test_any_text(self, payload):
+        self.assertDecodeContract(payload)
+
+    @FUZZ
+    @given(messages, st.sampled_from(HOSTILE), st.integers(min_value=0), st.booleans())
+    def test_hostile_fragments(self, message, fragment, position, replace):
+        """Hostile fragments spliced into a valid message anywhere."""
+        text = json.dumps(message)
+        at = position % (len(text) + 1)
+        end = min(len(text), at + len(fragment)) if replace else at
+        self.assertDecodeContract(text[:at] + fragment + text[end:])
+
+    @FUZZ
+    @given(messages, st.sampled_from(HOSTILE_BYTES), st.integers(min_value=0))
+    def test_invalid_utf8(self, message, fragment, position):
+        data = encode(message)
+        at = position % (len(data) + 1)
+        spliced = data[:at] + fragment + data[at:]
+        try:
+            spliced.decode("utf-8")
+        except UnicodeDecodeError:
+            with self.assertRaises(ProtocolError) as caught:
+                decode(spliced)
+            self.assertEqual(caught.exception.code, INVALID_MESSAGE)
+        else:
+            self.fail(f"{spliced!r} should not be UTF-8")
+
+    @FUZZ
+    @given(json_values, st.sampled_from(["x", "type"]))
+    def test_wrong_type_field(self, value, key):
+        payload = json.dumps({key: value} if key == "type" else {"type": value})
+        message = self.assertDecodeContract(payload)
+        self.assertEqual(message is not None, isinstance(value, str))
+
+
+class DecodeExampleTests(DecodeContractMixin, SynchronousTestCase):
+    """Named hostile inputs."""
+
+    def assertInvalid(self, payload):
+        with self.assertRaises(ProtocolError) as caught:
+            decode(payload)
+        self.assertEqual(caught.exception.code, INVALID_MESSAGE)
+
+    def test_huge_floats(self):
+        for number in ("1e400", "-1e400", "1E+999", "123456789e999999"):
+            self.assertInvalid('{"type":"t","x":%s}' % number)
+
+    def test_large_but_finite_float(self):
+        self.assertEqual(decode('{"type":"t","x":1e308}')["x"], 1e308)
+        self.assertRoundTrip(decode('{"type":"t","x":-1.7976931348623157e308}'))
+
+    def test_huge_integers(self):
+        huge = "9" * 5000
+        for payload in ('{"type":"t","x":%s}' % huge, huge, "-" + huge):
+            self.assertDecodeContract(payload)
+        self.assertRoundTrip(decode('{"type":"t","x":%s}' % ("9" * 4000)))
+
+    def test_nan_and_infinity_literals(self):
+        for literal in ("NaN", "Infinity", "-Infinity"):
+            self.assertInvalid('{"type":"t","x":%s}' % literal)
+            self.assertInvalid(literal)
+
+    def test_deep_nesting(self):
+        for payload in ("[" * 100000, "{" * 100000, '{"a":' * 100000,
+                        '{"type":"t","x":' + "[" * 100000 + "]" * 100000 + "}"):
+            self.assertInvalid(payload)
+            self.assertInvalid(payload.encode())
+
+    def test_depth_limit(self):
+        inside = MAX_DEPTH - 1
+        ok = '{"type":"t","x":' + "[" * inside + "]" * inside + "}"
+        self.assertRoundTrip(decode(ok))
+        self.assertInvalid('{"type":"t","x":' + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "}")
+
+    def test_brackets_in_strings_are_not_nesting(self):
+        message = decode(json.dumps({"type": "t", "sdp": "[{" * 1000}))
+        self.assertEqual(message["sdp"], "[{" * 1000)
+
+    def test_deepest_message_encodes_on_a_deep_stack(self):
+        """Re-encoding an accepted message never hits the recursion limit."""
+        inside = MAX_DEPTH - 1
+        message = decode('{"type":"t","x":' + "[" * inside + "]" * inside + "}")
+        headroom = sys.getrecursionlimit() - 3 * MAX_DEPTH
+
+        def nested(n):
+            return nested(n - 1) if n else encode(message)
+
+        self.assertEqual(decode(nested(headroom)), message)
+
+    def test_lone_surrogates(self):
+        for escape in ("\\ud800", "\\udfff", "\\udfff\\ud800", "\\ud83d"):
+            message = decode('{"type":"%s","x":"%s"}' % (escape, escape))
+            wire = encode(message)
+            self.assertIn(escape.encode(), wire)
+            self.assertRoundTrip(message)
+
+    def test_raw_lone_surrogate_text(self):
+        self.assertRoundTrip(decode('{"type":"\ud800"}'))
+
+    def test_utf8_encoded_surrogate_bytes(self):
+        self.assertInvalid(b'{"type":"\xed\xa0\x80"}')
+
+    def test_invalid_utf8(self):
+        for data in (b"\xff", b'{"type":"\xff"}', b'{"type":"t"}\x80', b"\xc0\x80"):
+            self.assertInvalid(data)
+
+    def test_non_ascii_is_escaped(self):
+        wire = encode(decode('{"type":"t","x":"zoë 🎉"}'))
+        self.assertEqual(wire, b'{"type":"t","x":"zo\\u00eb \\ud83c\\udf89"}')
+
+    def test_memoryview_and_bytearray(self):
+        self.assertEqual(decode(memoryview(b'{"type":"t"}')), {"type": "t"})
+        self.assertEqual(decode(bytearray(b'{"type":"t"}')), {"type": "t"})
+
+    def test_not_objects(self):
+        for payload in ("", " ", "null", "1", '"t"', "[]", '[{"type":"t"}]', "{}",
+                        '{"type":null}', '{"type":1}', '{"type":"t"} {}', "\ufeff{}"):
+            self.assertInvalid(payload)
+
+    def test_encode_refuses_non_finite(self):
+        self.assertRaises(ValueError, encode, {"type": "t", "x": math.inf})
+
+
+class ValidateIdTests(SynchronousTestCase):
+    """``validate_id`` accepts exactly the ids of PROTOCOL section 2."""
+
+    @FUZZ
+    @given(st.one_of(json_values, st.text(min_size=1, max_size=200)))
+    @example("")
+    @example("a" * MAX_ID_LENGTH)
+    @example("a" * (MAX_ID_LENGTH + 1))
+    @example("a\x00")
+    @example("a\u2028")
+    @example("\ud800")
+    def test_contract(self, value):
+        try:
+            result = validate_id(value, "peerId")
+        except ProtocolError as e:
+            self.assertEqual(e.code, INVALID_FIELD)
+            self.assertIn("'peerId'", e.text)
+            self.assertFalse(
+                isinstance(value, str)
+                and 0 < len(value) <= MAX_ID_LENGTH
+                and value.isprintable()
+            )
+            return
+        self.assertIs(result, value)
+        self.assertIsInstance(result, str)
+        self.assertTrue(0 < len(result) <= MAX_ID_LENGTH)
+        self.assertTrue(result.isprintable())
