@@ -416,7 +416,7 @@ class SchemaTests(StoreTestCase):
         )
         conn.close()
         fresh = os.path.join(self.dir, "fresh.sqlite")
-        SqliteStore.open(fresh, StoreLimits(), the_reactor(), now=NOW)
+        yield SqliteStore.open(fresh, StoreLimits(), the_reactor(), now=NOW).close()
         self.assertEqual(schema_of(self.path), schema_of(fresh))
 
     @defer.inlineCallbacks
