@@ -51,7 +51,8 @@ class StoreClosed(Exception):
 
 def read_schema(name: str) -> str:
     """The text of ``signaling/schema/<name>``."""
-    return resources.files("signaling").joinpath("schema", name).read_text("utf-8")
+    schema = resources.files("signaling").joinpath("schema")
+    return schema.joinpath(name).read_text("utf-8")
 
 
 def _check_header(path: str) -> None:
@@ -219,7 +220,7 @@ class _Writer:
             item = self._inbox.get()
             if isinstance(item, defer.Deferred):
                 self._conn.close()
-                self._reactor.callFromThread(item.callback, None)
+                self._reactor.callFromThread(self._stopped, item)
                 return
             error = None
             try:
@@ -232,6 +233,10 @@ class _Writer:
                 except sqlite3.Error:
                     pass
             self._reactor.callFromThread(self._done, item, error)
+
+    def _stopped(self, done: defer.Deferred) -> None:
+        self._thread.join()  # it has nothing left to do but return
+        done.callback(None)
 
     def _commit(self, batch: _Batch) -> None:
         conn = self._conn

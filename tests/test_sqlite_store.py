@@ -184,6 +184,7 @@ class BasicTests(StoreTestCase):
     def test_closed_store_refuses(self):
         store = self.open()
         yield store.close()
+        self.assertFalse(store._writer._thread.is_alive())
         yield store.close()
         yield self.assertFailure(
             store.enqueue("bob", "m", msg(0), NOW), sqlite_store.StoreClosed
