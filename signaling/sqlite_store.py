@@ -240,6 +240,8 @@ class _Writer:
 
     def _commit(self, batch: _Batch) -> None:
         conn = self._conn
+        if not (batch.inserts or batch.deletes):
+            return
         conn.execute("BEGIN IMMEDIATE")
         if batch.inserts:
             conn.executemany(
@@ -284,7 +286,7 @@ class SqliteStore:
         self._seqs: dict[int, int] = {}
         self._next_seq = 1
         self._batch: _Batch | None = None
-        self._in_flight = False
+        self._in_flight: _Batch | None = None
         self._scheduled: Any = None
         self._closing: defer.Deferred | None = None
         self._load(conn, now)
@@ -404,10 +406,11 @@ class SqliteStore:
 
     def flush(self) -> defer.Deferred:
         """Fire once every write issued so far is committed (or failed)."""
-        if self._batch is None and not self._in_flight:
+        if self._batch is None and self._in_flight is None:
             return defer.succeed(None)
         done: defer.Deferred = defer.Deferred()
-        self._pending_batch().waiters.append(done)
+        # The writer thread never touches waiters, so joining a running batch is safe.
+        (self._batch or self._in_flight).waiters.append(done)
         return done
 
     def close(self) -> defer.Deferred:
@@ -434,22 +437,22 @@ class SqliteStore:
     def _pending_batch(self) -> _Batch:
         if self._batch is None:
             self._batch = _Batch()
-            if not self._in_flight:
+            if self._in_flight is None:
                 # Let the rest of this reactor turn join the same transaction.
                 self._scheduled = self._reactor.callLater(0, self._submit)
         return self._batch
 
     def _submit(self) -> None:
         self._scheduled = None
-        if self._in_flight or self._batch is None:
+        if self._in_flight is not None or self._batch is None:
             return
         batch, self._batch = self._batch, None
-        self._in_flight = True
+        self._in_flight = batch
         self._writer.submit(batch)
 
     def _batch_done(self, batch: _Batch, error: Failure | None) -> None:
-        self._in_flight = False
-        if error is None:
+        self._in_flight = None
+        if error is None and (batch.inserts or batch.deletes):
             self.commits += 1
         else:
             _log.failure(
