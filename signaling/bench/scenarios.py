@@ -131,6 +131,7 @@ class _Directed:
             self.send_lag.add((t - t_sched) * 1000.0)
 
     def on_data(self, c: Conn, m: dict) -> None:
+        """Check a received message against the ledger; in closed loop, reply to it."""
         typ = m.get("type")
         if typ == "offer":
             kind = 0
@@ -287,7 +288,10 @@ async def fanout(ctx: Context) -> None:
     def on_data(c: Conn, m: dict) -> None:
         typ = m.get("type")
         if typ != "chat":
-            ctx.pool.server_error(m) if typ == "error" else ctx.pool.ignore(typ)
+            if typ == "error":
+                ctx.pool.server_error(m)
+            else:
+                ctx.pool.ignore(typ)
             return
         seq = ledger.receive(c.idx, m.get("roomId"), m.get("sender"), m.get("message"))
         if seq < 0:
