@@ -31,8 +31,8 @@ class Config:
     listen: tuple[str, ...] = ()
     #: Listen backlog of the default listener.
     backlog: int = 1024
-    #: Offline store: a SQLite file path, or ":memory:".
-    db: str = ":memory:"
+    #: Offline store: a SQLite file path, or ":memory:" (lost on restart).
+    db: str = "signaling.sqlite"
     #: Seconds an offline message is kept (never delivered after that).
     offline_ttl: float = 86400.0
     #: Messages kept per offline peer.

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from .config import Config
 from .hub import Hub
+from .sqlite_store import SqliteStore
 from .store import IOfflineStore, MemoryStore, StoreLimits
 from .tls import ReloadableTLS, tls_from_options, tls_server_endpoint
 from .web import make_site
@@ -51,11 +52,11 @@ def make_service(config: Config, reactor: Any, clock: Any = None) -> "SignalingS
     """
     clock = reactor if clock is None else clock
     tls = tls_from_options(config.tls_cert, config.tls_key, config.tls_chain)
-    return SignalingService(config, reactor, clock, open_store(config, reactor), tls)
+    return SignalingService(config, reactor, clock, open_store(config, reactor, clock), tls)
 
 
-def open_store(config: Config, reactor: Any) -> IOfflineStore:
-    """The offline store named by ``config.db``."""
+def open_store(config: Config, reactor: Any, clock: Any) -> IOfflineStore:
+    """The offline store named by ``config.db`` (SQLite writes run in a thread of ``reactor``)."""
     limits = StoreLimits(
         max_per_peer=config.offline_max,
         ttl=config.offline_ttl,
@@ -64,7 +65,7 @@ def open_store(config: Config, reactor: Any) -> IOfflineStore:
     )
     if config.db == ":memory:":
         return MemoryStore(limits)
-    raise ValueError("only --db :memory: is supported by this build")
+    return SqliteStore.open(config.db, limits, reactor, now=clock.seconds())
 
 
 class SignalingService(MultiService):

@@ -1,5 +1,7 @@
 """The offline store through the protocol (PROTOCOL section 5)."""
 
+import os
+
 from twisted.internet import defer
 
 from helpers import ServerTestCase
@@ -141,3 +143,27 @@ class StoreByteLimitTests(ServerTestCase):
         sender.send({"type": "offer", "to": "c", "offer": {}})
         yield sender.expect_error("QUEUE_FULL")
         self.assertEqual(self.hub.store.count, 2)
+
+
+class SqliteOfflineTests(OfflineTests):
+    """The same behaviour with the durable store on a real SQLite file."""
+
+    def setUp(self):
+        self.config = dict(OfflineTests.config, db=os.path.join(self.mktemp() + ".sqlite"))
+        return super().setUp()
+
+    @defer.inlineCallbacks
+    def test_survives_restart(self):
+        sender = yield self.register("sender")
+        for i in range(3):
+            sender.send({"type": "offer", "to": "later", "messageId": f"m{i}", "offer": {}})
+            yield sender.expect("peer-offline")
+        yield sender.drop()
+        self.clients.clear()
+        yield self.service.stopService()
+        self.start_server(**self.config)
+        later = yield self.register("later")
+        ids = []
+        for _ in range(3):
+            ids.append((yield later.expect("offline-message"))["messageId"])
+        self.assertEqual(ids, ["m0", "m1", "m2"])

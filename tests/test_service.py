@@ -211,17 +211,18 @@ class ShutdownTests(ServerTestCase):
 
 class ListenTests(unittest.TestCase):
     def test_port_in_use_is_raised(self):
-        first = make_service(Config(port=0, interface="127.0.0.1"), reactor)
+        first = make_service(Config(port=0, interface="127.0.0.1", db=":memory:"), reactor)
         first.startService()
         self.addCleanup(first.stopService)
         port = first.ports()[0].getHost().port
-        second = make_service(Config(port=port, interface="127.0.0.1"), reactor)
+        second = make_service(Config(port=port, interface="127.0.0.1", db=":memory:"), reactor)
         self.assertRaises(CannotListenError, second.privilegedStartService)
 
     @defer.inlineCallbacks
     def test_listen_endpoints(self):
         service = make_service(
-            Config(port=None, listen=("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")),
+            Config(port=None, db=":memory:",
+                   listen=("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")),
             reactor,
         )
         service.startService()
