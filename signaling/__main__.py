@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    from .service import make_service, reload_tls_on_sighup
+    from .service import make_service, install_signal_handlers
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     try:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"signaling: cannot start: {e}", file=sys.stderr)
         return 1
-    reload_tls_on_sighup(reactor, service)
+    install_signal_handlers(reactor, service)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0

@@ -69,6 +69,44 @@ class Config:
     tls_key: str | None = None
     #: PEM file of intermediate certificates sent after those of ``tls_cert``.
     tls_chain: str | None = None
+    #: Shared secret for HS256 tokens (at least 32 bytes).
+    auth_secret: str | None = None
+    #: PEM public key file for RS256/ES256 tokens.
+    auth_public_key: str | None = None
+    #: Refuse to bind an id without a valid token.
+    auth_required: bool = False
+    #: Messages per second one connection may send (0: no limit).
+    rate_limit: float = 100.0
+    #: Messages one connection may send at once above ``rate_limit``.
+    rate_burst: int = 200
+    #: Open WebSocket connections in total (0: no limit).
+    max_connections: int = 50_000
+    #: Open WebSocket connections from one address (0: no limit).
+    max_connections_per_ip: int = 256
+    #: Seconds a client has to complete the HTTP/WebSocket opening handshake.
+    handshake_timeout: float = 10.0
+    #: Unsent bytes one connection may hold before it is closed with 1013.
+    max_send_buffer: int = 1024 * 1024
+    #: Largest ``deviceInfo`` object, in encoded bytes.
+    max_device_info_bytes: int = 4096
+    #: Leave ``deviceType``/``deviceInfo`` out of presence and peer lists.
+    hide_device_info: bool = False
+    #: Proxy addresses whose ``X-Forwarded-For`` header is believed.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Extra endpoints serving only ``/metrics`` (then not on the main port).
+    metrics_listen: tuple[str, ...] = ()
+    #: Log message payloads (SDP holds IP addresses) in error events.
+    log_payloads: bool = False
+    #: Upper bound of the random ``reconnectAfterMs`` sent on shutdown, seconds.
+    reconnect_jitter: float = 10.0
+    #: STUN server URLs offered by ``/ice-servers``.
+    stun_urls: tuple[str, ...] = ()
+    #: TURN server URLs offered by ``/ice-servers`` with REST-API credentials.
+    turn_urls: tuple[str, ...] = ()
+    #: Secret shared with the TURN server (coturn ``static-auth-secret``).
+    turn_secret: str | None = None
+    #: Seconds TURN credentials from ``/ice-servers`` stay valid.
+    turn_ttl: float = 86400.0
 
     def __post_init__(self) -> None:
         if self.port is not None:
@@ -80,8 +118,22 @@ class Config:
                      "max_message_size", "max_rooms_per_connection",
                      "max_room_members", "peers_page_default", "peers_page_max"):
             _check_range(name, getattr(self, name), 1, None)
+        for name in ("max_send_buffer", "max_device_info_bytes", "rate_burst"):
+            _check_range(name, getattr(self, name), 1, None)
+        for name in ("max_connections", "max_connections_per_ip"):
+            _check_range(name, getattr(self, name), 0, None)
+        if not isinstance(self.rate_limit, (int, float)) or not 0 <= self.rate_limit < float("inf"):
+            raise ValueError("--rate-limit must be a number of messages per second (0: off)")
+        if not isinstance(self.reconnect_jitter, (int, float)) or not self.reconnect_jitter >= 0:
+            raise ValueError("--reconnect-jitter must be zero or a positive number of seconds")
+        if self.auth_secret and self.auth_public_key:
+            raise ValueError("give --auth-secret or --auth-public-key, not both")
+        if self.auth_required and not (self.auth_secret or self.auth_public_key):
+            raise ValueError("--auth-required needs --auth-secret or --auth-public-key")
+        if self.turn_urls and not self.turn_secret:
+            raise ValueError("--turn-url needs --turn-secret")
         for name in ("offline_ttl", "heartbeat_interval", "stats_interval",
-                     "shutdown_timeout"):
+                     "shutdown_timeout", "handshake_timeout", "turn_ttl"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{_option(name)} must be a positive number of seconds")

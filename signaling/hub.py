@@ -9,6 +9,7 @@ library, so it can be driven in tests with ``task.Clock`` in microseconds.
 
 from __future__ import annotations
 
+import random
 import secrets
 from typing import Any, Callable
 
@@ -16,14 +17,20 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from . import messages as m
+from .auth import Grant, TokenVerifier
 from .config import Config
+from .logs import log_event, payload_for_log
 from .messages import ProtocolError, encode, error_message, validate_id
+from .metrics import Metrics
+from .ratelimit import RateLimiter
 from .store import IOfflineStore, QueueFull
 
 __all__ = ["Hub", "IConnection", "Session"]
 
 #: Close code for a connection replaced by a newer one with the same id.
 CLOSE_REPLACED = 4001
+#: Close code for policy violations (bad handshake token, ignored rate limits).
+CLOSE_POLICY = 1008
 
 
 class IConnection(Interface):
@@ -48,7 +55,7 @@ class Session:
     __slots__ = (
         "conn", "address", "identity", "registered", "device_type",
         "device_info", "connected_at", "registered_seq", "rooms", "ack_mode",
-        "alive", "replaced", "open",
+        "alive", "replaced", "open", "grant", "limiter",
     )
 
     def __init__(self, conn: Any, address: str, now_ms: int) -> None:
@@ -65,6 +72,8 @@ class Session:
         self.alive = True
         self.replaced = False
         self.open = True
+        self.grant: Grant | None = None
+        self.limiter: RateLimiter | None = None
 
 
 class Hub:
@@ -78,10 +87,19 @@ class Hub:
 
     _log = Logger()
 
-    def __init__(self, config: Config, clock: Any, store: IOfflineStore) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Any,
+        store: IOfflineStore,
+        metrics: Metrics | None = None,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.store = store
+        self.metrics = Metrics(process=False) if metrics is None else metrics
+        self.verifier = verifier
         self.sessions: set[Session] = set()
         #: bound identity -> the session holding it (room members and peers)
         self.identities: dict[str, Session] = {}
@@ -113,9 +131,49 @@ class Hub:
     def connect(self, conn: Any, address: str) -> Session:
         """A WebSocket connection opened; returns its session."""
         session = Session(conn, address, self.now_ms())
+        if self.config.rate_limit:
+            session.limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst, self.clock)
         self.sessions.add(session)
         self.connections_total += 1
+        self.metrics.connection_opened()
+        log_event(self._log, "connect", peer=address)
         return session
+
+    def authenticate(self, session: Session, token: str) -> bool:
+        """
+        Verify the token of the upgrade URL. A bad one gets ``UNAUTHORIZED``
+        and the connection is closed with 1008.
+        """
+        try:
+            session.grant = self._verify(token)
+        except ProtocolError as e:
+            self.reject(session, e)
+            session.conn.close(CLOSE_POLICY, e.text)
+            return False
+        return True
+
+    def admit(self, session: Session) -> bool:
+        """
+        Account one incoming message against the rate limit. False when it
+        must be dropped: the sender got ``RATE_LIMITED``, or is closed with
+        1008 after ignoring too many of them.
+        """
+        limiter = session.limiter
+        if limiter is None:
+            return True
+        decision = limiter.check()
+        if decision.allowed:
+            return True
+        session.alive = True
+        log_event(self._log, "limit", peer=session.address, limit="rate")
+        if decision.close:
+            session.conn.close(CLOSE_POLICY, "rate limit ignored")
+        else:
+            self.reject(session, ProtocolError(
+                m.RATE_LIMITED, "too many messages, slow down",
+                retryAfterMs=decision.retry_after_ms,
+            ))
+        return False
 
     def disconnect(self, session: Session) -> None:
         """
@@ -128,6 +186,8 @@ class Hub:
             return
         session.open = False
         self.sessions.discard(session)
+        self.metrics.connection_closed()
+        log_event(self._log, "disconnect", peer=session.address, identity=session.identity)
         identity = session.identity
         if session.replaced or identity is None:
             return
@@ -136,21 +196,12 @@ class Hub:
         del self.identities[identity]
         if session.registered:
             del self.peers[identity]
-            if self.config.presence == "all":
-                self._broadcast_peers(
-                    {
-                        "type": "peer-status",
-                        "peerId": identity,
-                        "status": "offline",
-                        "deviceType": session.device_type,
-                        "timestamp": self.now_ms(),
-                    },
-                    exclude=None,
-                )
+            self._announce(session, "offline")
 
     def receive(self, session: Session, message: dict[str, Any]) -> None:
         """Handle one decoded message from ``session``."""
         session.alive = True
+        self.metrics.message_received(message["type"])
         try:
             handler = self._handlers.get(message["type"])
             if handler is not None:
@@ -173,6 +224,11 @@ class Hub:
     ) -> None:
         """Answer ``session`` with the error message for ``error``."""
         session.alive = True
+        self.metrics.error(error.code)
+        log_event(
+            self._log, "error", peer=session.address, code=error.code, reason=error.text,
+            request=None if request is None else payload_for_log(request, self.config.log_payloads),
+        )
         self._send(
             session,
             encode(error_message(error.code, error.text, self.now_ms(), request, **error.extra)),
@@ -196,9 +252,9 @@ class Hub:
                 session.conn.ping()
             else:
                 dropped += 1
-                self._log.info(
-                    "heartbeat_drop: {address} ({identity}) showed no life",
-                    address=session.address, identity=session.identity,
+                self.metrics.heartbeat_drop()
+                log_event(
+                    self._log, "heartbeat_drop", peer=session.address, identity=session.identity
                 )
                 self.disconnect(session)
                 session.conn.abort()
@@ -231,9 +287,20 @@ class Hub:
             stored=self.store.count,
         )
 
-    def close_all(self, code: int, reason: str) -> None:
-        """Start closing every connection (used on shutdown)."""
+    def shut_down(self, code: int, reason: str, reconnect_jitter: float) -> None:
+        """
+        Tell every client the server is going away, with a random
+        ``reconnectAfterMs`` below ``reconnect_jitter`` seconds so they do not
+        all come back at once, then start closing them with ``code``.
+        """
+        log_event(self._log, "shutdown", reason=reason)
+        spread = int(reconnect_jitter * 1000)
         for session in list(self.sessions):
+            self._reply(session, {
+                "type": "server-shutdown",
+                "reconnectAfterMs": random.randint(0, spread),
+                "timestamp": self.now_ms(),
+            })
             session.conn.close(code, reason)
 
     # -- the one send path --------------------------------------------------
@@ -264,9 +331,33 @@ class Hub:
             return
         holder = self.identities.get(identity)
         if holder is not None:
+            if holder.grant is not None and session.grant is None:
+                raise ProtocolError(
+                    m.FORBIDDEN, f"'{identity}' is held by an authenticated connection"
+                )
             self._take_over(holder, session)
         session.identity = identity
         self.identities[identity] = session
+
+    def _verify(self, token: Any) -> Grant:
+        if not isinstance(token, str):
+            raise ProtocolError(m.INVALID_FIELD, "'token' must be a string")
+        assert self.verifier is not None
+        return self.verifier.verify(token, self.clock.seconds())
+
+    def _authorize(self, session: Session, identity: str, message: dict[str, Any]) -> None:
+        """Check that ``session`` may bind ``identity`` (the token rules of auth)."""
+        if self.verifier is None:
+            return
+        if "token" in message:
+            session.grant = self._verify(message["token"])
+        grant = session.grant
+        if grant is None:
+            if self.config.auth_required:
+                raise ProtocolError(m.UNAUTHORIZED, "a valid token is required")
+            return
+        if grant.subject != identity:
+            raise ProtocolError(m.FORBIDDEN, f"the token does not allow the id '{identity}'")
 
     def _take_over(self, old: Session, new: Session) -> None:
         """
@@ -288,10 +379,7 @@ class Hub:
         old.rooms = set()
         old.registered = False
         old.replaced = True
-        self._log.info(
-            "takeover: '{identity}' moved from {old} to {new}",
-            identity=identity, old=old.address, new=new.address,
-        )
+        log_event(self._log, "takeover", peer=new.address, identity=identity, old=old.address)
         old.conn.close(CLOSE_REPLACED, "replaced")
 
     # -- peers --------------------------------------------------------------
@@ -302,8 +390,15 @@ class Hub:
         if device_type is not None and not isinstance(device_type, str):
             raise ProtocolError(m.INVALID_FIELD, "'deviceType' must be a string")
         device_info = message.get("deviceInfo")
-        if device_info is not None and not isinstance(device_info, dict):
-            raise ProtocolError(m.INVALID_FIELD, "'deviceInfo' must be an object")
+        if device_info is not None:
+            if not isinstance(device_info, dict):
+                raise ProtocolError(m.INVALID_FIELD, "'deviceInfo' must be an object")
+            if len(encode(device_info)) > self.config.max_device_info_bytes:
+                raise ProtocolError(
+                    m.INVALID_FIELD,
+                    f"'deviceInfo' must be at most {self.config.max_device_info_bytes} bytes",
+                )
+        self._authorize(session, peer_id, message)
         already = session.registered and session.identity == peer_id
         self._bind(session, peer_id)
         now_ms = self.now_ms()
@@ -318,21 +413,22 @@ class Hub:
         session.device_info = device_info
         session.ack_mode = message.get("ack") is True
         self.peers[peer_id] = session
-        self._log.info("register: '{peer}' from {address}", peer=peer_id, address=session.address)
+        log_event(self._log, "register", peer=session.address, identity=peer_id)
         self._reply(session, {"type": "registered", "peerId": peer_id, "serverTime": now_ms})
         self._deliver_offline(session, peer_id)
-        if self.config.presence == "all":
-            self._broadcast_peers(
-                {
-                    "type": "peer-status",
-                    "peerId": peer_id,
-                    "status": "online",
-                    "deviceType": device_type,
-                    "deviceInfo": device_info,
-                    "timestamp": now_ms,
-                },
-                exclude=session,
-            )
+        self._announce(session, "online")
+
+    def _announce(self, session: Session, status: str) -> None:
+        """Tell every other registered peer that ``session``'s peer came or went."""
+        if self.config.presence != "all":
+            return
+        message: dict[str, Any] = {"type": "peer-status", "peerId": session.identity, "status": status}
+        if not self.config.hide_device_info:
+            message["deviceType"] = session.device_type
+            if status == "online":
+                message["deviceInfo"] = session.device_info
+        message["timestamp"] = self.now_ms()
+        self._broadcast_peers(message, exclude=session)
 
     def _deliver_offline(self, session: Session, peer_id: str) -> None:
         entries = self.store.pending(peer_id, self.clock.seconds())
@@ -390,15 +486,20 @@ class Hub:
                 reply["nextCursor"] = str(page[-1].registered_seq)
         else:
             page = others
-        reply["peers"] = [
-            {
-                "peerId": peer.identity,
-                "deviceType": peer.device_type,
-                "deviceInfo": peer.device_info,
-                "connectedAt": peer.connected_at,
-            }
-            for peer in page
-        ]
+        if self.config.hide_device_info:
+            reply["peers"] = [
+                {"peerId": peer.identity, "connectedAt": peer.connected_at} for peer in page
+            ]
+        else:
+            reply["peers"] = [
+                {
+                    "peerId": peer.identity,
+                    "deviceType": peer.device_type,
+                    "deviceInfo": peer.device_info,
+                    "connectedAt": peer.connected_at,
+                }
+                for peer in page
+            ]
         reply["count"] = len(page)
         reply["total"] = len(self.peers) - (1 if session.registered else 0)
         self._reply(session, reply)
@@ -420,6 +521,7 @@ class Hub:
         if target is not None:
             self._send(target, encode(out))
             self.forwarded += 1
+            self.metrics.message_relayed(out["type"])
         else:
             self._store_offline(session, to, out, message)
 
@@ -430,6 +532,7 @@ class Hub:
 
         def stored(_: Any) -> None:
             self.offline_queued_total += 1
+            self.metrics.offline_queued()
             self._reply(
                 session,
                 {"type": "peer-offline", "peerId": to, "messageId": message_id, "queued": True},
@@ -450,6 +553,9 @@ class Hub:
     def _join_room(self, session: Session, message: dict[str, Any]) -> None:
         room_id = validate_id(message.get("roomId"), "roomId")
         user_id = validate_id(message.get("sender", session.identity), "sender")
+        self._authorize(session, user_id, message)
+        if session.grant is not None and not session.grant.allows_room(room_id):
+            raise ProtocolError(m.FORBIDDEN, f"the token does not allow room '{room_id}'")
         self._bind(session, user_id)
         members = self.rooms.get(room_id)
         if members is None or user_id not in members:
@@ -468,7 +574,7 @@ class Hub:
             )
             members[user_id] = session
             session.rooms.add(room_id)
-            self._log.info("join: '{user}' joined '{room}'", user=user_id, room=room_id)
+            log_event(self._log, "join", peer=session.address, identity=user_id, room=room_id)
         else:
             others = [member for member in members if member != user_id]
         self._reply(
@@ -494,7 +600,7 @@ class Hub:
             )
         else:
             del self.rooms[room_id]
-        self._log.info("leave: '{user}' left '{room}'", user=identity, room=room_id)
+        log_event(self._log, "leave", peer=session.address, identity=identity, room=room_id)
 
     def _broadcast_room(
         self, members: dict[str, Session], message: dict[str, Any], exclude: Session | None
@@ -522,6 +628,8 @@ class Hub:
                     m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
                 )
             self._send(target, encode(out))
-            self.forwarded += 1
+            delivered = 1
         else:
-            self.forwarded += self._broadcast_room(members, out, session)
+            delivered = self._broadcast_room(members, out, session)
+        self.forwarded += delivered
+        self.metrics.message_relayed(out["type"], delivered)

@@ -22,13 +22,18 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .auth import TokenVerifier
 from .config import Config
 from .hub import Hub
+from .ice import validate_ice_url
+from .metrics import Metrics
+from .origins import OriginPolicy
+from .proxies import ProxyPolicy
 from .sqlite_store import SqliteStore
 from .store import IOfflineStore, MemoryStore, StoreLimits
 from .tls import ReloadableTLS, tls_from_options, tls_server_endpoint
-from .web import make_site
-from .websocket import SignalingFactory
+from .web import make_metrics_site, make_site
+from .websocket import ConnectionGate, SignalingFactory
 
 __all__ = ["make_service", "SignalingService", "Listener", "Timers"]
 
@@ -51,8 +56,48 @@ def make_service(config: Config, reactor: Any, clock: Any = None) -> "SignalingS
     in the TLS files or the store are raised here, before anything listens.
     """
     clock = reactor if clock is None else clock
-    tls = tls_from_options(config.tls_cert, config.tls_key, config.tls_chain)
-    return SignalingService(config, reactor, clock, open_store(config, reactor, clock), tls)
+    policies = Policies.from_config(config)
+    return SignalingService(config, reactor, clock, open_store(config, reactor, clock), policies)
+
+
+class Policies:
+    """
+    The checked, ready-to-use forms of the security settings: TLS context,
+    token verifier, origin and proxy policies. Building them validates the
+    files and patterns the settings name.
+    """
+
+    def __init__(
+        self,
+        tls: ReloadableTLS | None,
+        verifier: TokenVerifier | None,
+        origins: OriginPolicy,
+        proxies: ProxyPolicy,
+    ) -> None:
+        self.tls = tls
+        self.verifier = verifier
+        self.origins = origins
+        self.proxies = proxies
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Policies":
+        """
+        :raises ValueError: a setting names an unusable file, key, pattern or
+            address (``TLSConfigError`` is a ``ValueError`` too).
+        """
+        verifier = None
+        if config.auth_secret:
+            verifier = TokenVerifier.from_secret(config.auth_secret)
+        elif config.auth_public_key:
+            verifier = TokenVerifier.from_public_key_file(config.auth_public_key)
+        for url in (*config.stun_urls, *config.turn_urls):
+            validate_ice_url(url)
+        return cls(
+            tls_from_options(config.tls_cert, config.tls_key, config.tls_chain),
+            verifier,
+            OriginPolicy(config.allowed_origins),
+            ProxyPolicy(config.trusted_proxies),
+        )
 
 
 def open_store(config: Config, reactor: Any, clock: Any) -> IOfflineStore:
@@ -77,29 +122,45 @@ class SignalingService(MultiService):
         reactor: Any,
         clock: Any,
         store: IOfflineStore,
-        tls: ReloadableTLS | None = None,
+        policies: Policies,
     ) -> None:
         super().__init__()
         self.config = config
-        self.tls = tls
+        self.tls = policies.tls
         self.reactor = reactor
         self.clock = clock
         self.store = store
-        self.hub = Hub(config, clock, store)
-        self.factory = SignalingFactory(self.hub, config.max_message_size)
-        allowed = frozenset(config.allowed_origins)
+        self.draining = False
+        self.metrics = Metrics()
+        self.hub = hub = Hub(config, clock, store, self.metrics, policies.verifier)
+        self.metrics.bind(
+            connections=lambda: len(hub.sessions),
+            rooms=lambda: len(hub.rooms),
+            peers=lambda: len(hub.peers),
+            offline_messages=lambda: store.count,
+            offline_bytes=lambda: store.total_bytes,
+        )
+        gate = ConnectionGate(
+            policies.origins, policies.proxies,
+            config.max_connections, config.max_connections_per_ip,
+        )
+        self.factory = SignalingFactory(
+            hub, gate, self.metrics, config.max_message_size, config.max_send_buffer
+        )
+        started_at = clock.seconds()
+        ready = lambda: not self.draining  # noqa: E731
         self.site = make_site(
-            self.hub,
-            WebSocketResource(self.factory),
-            config.cors_origin,
-            (lambda origin: origin is None or origin in allowed) if allowed else (lambda origin: True),
-            clock.seconds(),
+            hub, self.metrics, WebSocketResource(self.factory), started_at, ready, reactor
         )
         self.listeners: list[Listener] = []
         if config.port is not None:
-            self._add_listener(self._default_endpoint())
+            self._add_listener(self._default_endpoint(), self.site)
         for description in config.listen:
-            self._add_listener(serverFromString(reactor, description))
+            self._add_listener(serverFromString(reactor, description), self.site)
+        if config.metrics_listen:
+            metrics_site = make_metrics_site(hub, self.metrics, started_at, ready, reactor)
+            for description in config.metrics_listen:
+                self._add_listener(serverFromString(reactor, description), metrics_site)
         self.timers = Timers(clock)
         self.timers.every(config.heartbeat_interval, self.hub.heartbeat)
         self.timers.every(config.stats_interval, self.hub.log_stats)
@@ -116,8 +177,8 @@ class SignalingService(MultiService):
             self.reactor, config.port, backlog=config.backlog, interface=config.interface
         )
 
-    def _add_listener(self, endpoint: Any) -> None:
-        listener = Listener(endpoint, self.site)
+    def _add_listener(self, endpoint: Any, site: Any) -> None:
+        listener = Listener(endpoint, site)
         listener.setServiceParent(self)
         self.listeners.append(listener)
 
@@ -138,8 +199,13 @@ class SignalingService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        """Stop accepting, close every client with 1001, make the store durable."""
+        """
+        Drain: ``/ready`` turns 503, listeners stop, every client gets
+        ``server-shutdown`` and a 1001 close, the offline store is flushed
+        and closed; all within ``shutdown_timeout``.
+        """
         self.running = False
+        self.draining = True
         self.timers.stop()
         yield defer.DeferredList([listener.stopService() for listener in self.listeners])
         yield self._drain()
@@ -147,9 +213,7 @@ class SignalingService(MultiService):
 
     def _drain(self) -> defer.Deferred:
         hub = self.hub
-        if hub.sessions:
-            _log.info("shutdown: closing {count} connections", count=len(hub.sessions))
-        hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        hub.shut_down(CLOSE_GOING_AWAY, "server shutting down", self.config.reconnect_jitter)
         deadline = self.reactor.seconds() + self.config.shutdown_timeout
         done: defer.Deferred = defer.Deferred()
 
@@ -249,11 +313,31 @@ class Timers:
                 call.stop()
 
 
-def reload_tls_on_sighup(reactor: Any, service: SignalingService) -> None:
-    """Make SIGHUP reload the TLS certificate (certificate renewal without restart)."""
+def install_signal_handlers(reactor: Any, service: SignalingService) -> None:
+    """
+    SIGHUP reloads the TLS certificate (renewal without restart). Once the
+    reactor runs, a second SIGTERM or SIGINT during a graceful shutdown exits
+    at once (status 1) instead of waiting for the drain.
+    """
+    import os
     import signal
 
-    def handler(signum: int, frame: Any) -> None:
+    def reload(signum: int, frame: Any) -> None:
         reactor.callFromThread(service.reload_tls)
 
-    signal.signal(signal.SIGHUP, handler)
+    signal.signal(signal.SIGHUP, reload)
+
+    def wrap_stop_signals() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                if service.draining:
+                    os._exit(1)
+                previous(signum, frame)
+
+            signal.signal(signum, handler)
+
+    reactor.callWhenRunning(wrap_stop_signals)

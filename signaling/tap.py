@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping
 from twisted.python import usage
 
 from .config import Config
-from .tls import check_listen_description, tls_from_options
+from .service import Policies
+from .tls import check_listen_description
 
 __all__ = ["Options", "makeService"]
 
@@ -65,6 +66,26 @@ _PARAMETERS: list[tuple[str, str | None, str, Callable[[str], Any], str]] = [
      "a full chain (certbot's fullchain.pem) is sent whole."),
     ("tls-key", None, "tls_key", str, "PEM private key of --tls-cert."),
     ("tls-chain", None, "tls_chain", str, "PEM intermediate certificates, sent after --tls-cert's."),
+    ("auth-secret", None, "auth_secret", str,
+     "Shared secret (32+ bytes) for HS256 tokens; turns authentication on."),
+    ("auth-public-key", None, "auth_public_key", str,
+     "PEM public key file for RS256/ES256 tokens; turns authentication on."),
+    ("rate-limit", None, "rate_limit", float, "Messages per second one connection may send (0: off)."),
+    ("rate-burst", None, "rate_burst", int, "Messages one connection may send in a burst."),
+    ("max-connections", None, "max_connections", int,
+     "Open WebSocket connections in total; more are refused with 503 (0: no limit)."),
+    ("max-connections-per-ip", None, "max_connections_per_ip", int,
+     "Open WebSocket connections from one address; more are refused with 503 (0: no limit)."),
+    ("handshake-timeout", None, "handshake_timeout", float,
+     "Seconds a client has to send a complete HTTP request head."),
+    ("max-send-buffer", None, "max_send_buffer", int,
+     "Unsent bytes a connection may hold before it is closed with 1013 (slow consumer)."),
+    ("max-device-info-bytes", None, "max_device_info_bytes", int, "Largest deviceInfo, in bytes."),
+    ("reconnect-jitter", None, "reconnect_jitter", float,
+     "Upper bound in seconds of the random reconnectAfterMs sent with server-shutdown."),
+    ("turn-secret", None, "turn_secret", str,
+     "Secret shared with the TURN server (coturn static-auth-secret) for /ice-servers."),
+    ("turn-ttl", None, "turn_ttl", float, "Seconds the TURN credentials of /ice-servers stay valid."),
 ]
 
 # (option, Config field): options that may be given several times; their
@@ -72,9 +93,20 @@ _PARAMETERS: list[tuple[str, str | None, str, Callable[[str], Any], str]] = [
 _REPEATABLE: list[tuple[str, str]] = [
     ("listen", "listen"),
     ("allowed-origin", "allowed_origins"),
+    ("trusted-proxy", "trusted_proxies"),
+    ("metrics-listen", "metrics_listen"),
+    ("stun-url", "stun_urls"),
+    ("turn-url", "turn_urls"),
 ]
 
-_FLAGS: list[tuple[str, str, str]] = []
+# (option, Config field, help): switches.
+_FLAGS: list[tuple[str, str, str]] = [
+    ("auth-required", "auth_required", "Refuse to bind an id without a valid token."),
+    ("hide-device-info", "hide_device_info",
+     "Presence and peer lists carry only ids, no deviceType/deviceInfo."),
+    ("log-payloads", "log_payloads",
+     "Include message payloads (SDP holds IP addresses) in logged errors."),
+]
 
 _DEFAULTS = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
 
@@ -121,6 +153,33 @@ class Options(usage.Options):
         """
         self["allowed-origin"].append(origin)
 
+    def opt_trusted_proxy(self, address: str) -> None:
+        """
+        Proxy address or network whose X-Forwarded-For header is believed
+        (repeatable).
+        """
+        self["trusted-proxy"].append(address)
+
+    def opt_metrics_listen(self, description: str) -> None:
+        """
+        Endpoint serving only /metrics, /health and /ready, e.g.
+        tcp:9102:interface=127.0.0.1; /metrics then leaves the main port
+        (repeatable).
+        """
+        self["metrics-listen"].append(description)
+
+    def opt_stun_url(self, url: str) -> None:
+        """STUN server URL offered by /ice-servers, e.g. stun:stun.example.org:3478 (repeatable)."""
+        self["stun-url"].append(url)
+
+    def opt_turn_url(self, url: str) -> None:
+        """
+        TURN server URL offered by /ice-servers with short-lived credentials,
+        e.g. turn:turn.example.org:3478?transport=udp (repeatable; needs
+        --turn-secret).
+        """
+        self["turn-url"].append(url)
+
     def _raw(self, option: str) -> str | None:
         value = self.get(option)
         if value is None:
@@ -152,7 +211,7 @@ class Options(usage.Options):
             values["port"] = None
         try:
             self.config = Config(**values)
-            tls_from_options(self.config.tls_cert, self.config.tls_key, self.config.tls_chain)
+            Policies.from_config(self.config)
             for description in self.config.listen:
                 check_listen_description(description)
         except ValueError as e:  # TLSConfigError is one too
@@ -163,9 +222,9 @@ def makeService(options: Options) -> Any:
     """Build the service for ``twistd`` (the plugin's entry point)."""
     from twisted.internet import reactor
 
-    from .service import make_service, reload_tls_on_sighup
+    from .service import make_service, install_signal_handlers
 
     assert options.config is not None
     service = make_service(options.config, reactor)
-    reload_tls_on_sighup(reactor, service)
+    install_signal_handlers(reactor, service)
     return service

@@ -1,6 +1,7 @@
 """
 HTTP on the WebSocket port: the upgrade on any path, ``/health``,
-``/stats``, CORS and ``OPTIONS`` preflight.
+``/ready``, ``/stats``, ``/metrics``, ``/ice-servers``, CORS and ``OPTIONS``
+preflight; plus the deadline for finishing the opening handshake.
 """
 
 from __future__ import annotations
@@ -10,15 +11,22 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from . import __version__
+from .auth import token_from_query
 from .hub import Hub
+from .ice import ice_servers_document
+from .messages import ProtocolError
+from .metrics import Metrics, MetricsResource
 
-__all__ = ["RootResource", "json_response", "make_site"]
+__all__ = ["RootResource", "StatusEndpoints", "json_response", "make_site", "make_metrics_site"]
 
 SERVICE_NAME = "signaling"
+
+Endpoint = Callable[[Request], bytes]
 
 
 class RootResource(Resource):
@@ -31,21 +39,19 @@ class RootResource(Resource):
 
     def __init__(
         self,
-        websocket: WebSocketResource,
-        endpoints: dict[bytes, Callable[[Request], Any]],
+        websocket: WebSocketResource | None,
+        endpoints: dict[bytes, Endpoint],
         cors_origin: str,
-        allows_origin: Callable[[str | None], bool],
     ) -> None:
         super().__init__()
         self._websocket = websocket
         self._endpoints = endpoints
         self._cors_origin = cors_origin.encode("utf-8")
-        self._allows_origin = allows_origin
 
     def render(self, request: Request) -> Any:
         upgrade = request.getHeader("upgrade")
-        if upgrade is not None and upgrade.lower() == "websocket":
-            return self._upgrade(request)
+        if self._websocket is not None and upgrade is not None and upgrade.lower() == "websocket":
+            return self._websocket.render(request)
         request.setHeader(b"access-control-allow-origin", self._cors_origin)
         if self._cors_origin != b"*":
             request.setHeader(b"vary", b"Origin")
@@ -66,11 +72,6 @@ class RootResource(Resource):
             return json_response(request, {"error": "method not allowed"}, 405)
         return endpoint(request)
 
-    def _upgrade(self, request: Request) -> Any:
-        if not self._allows_origin(request.getHeader("origin")):
-            return json_response(request, {"error": "origin not allowed"}, 403)
-        return self._websocket.render(request)
-
 
 def json_response(request: Request, body: Any, code: int = 200) -> bytes:
     """Finish ``request`` with ``body`` as JSON."""
@@ -81,11 +82,14 @@ def json_response(request: Request, body: Any, code: int = 200) -> bytes:
 
 
 class StatusEndpoints:
-    """The JSON bodies of ``/health`` and ``/stats``."""
+    """The bodies of the HTTP endpoints, read from the hub's live state."""
 
-    def __init__(self, hub: Hub, started_at: float) -> None:
+    def __init__(
+        self, hub: Hub, started_at: float, is_ready: Callable[[], bool]
+    ) -> None:
         self._hub = hub
         self._started_at = started_at
+        self._is_ready = is_ready
 
     def health(self, request: Request) -> bytes:
         """Liveness and the headline counters."""
@@ -111,6 +115,12 @@ class StatusEndpoints:
             },
         )
 
+    def ready(self, request: Request) -> bytes:
+        """200 while accepting clients, 503 while draining for shutdown."""
+        if self._is_ready():
+            return json_response(request, {"status": "ready"})
+        return json_response(request, {"status": "draining"}, 503)
+
     def stats(self, request: Request) -> bytes:
         """Every counter, flat."""
         hub = self._hub
@@ -118,29 +128,118 @@ class StatusEndpoints:
         body["uptime"] = round(hub.clock.seconds() - self._started_at, 3)
         return json_response(request, body)
 
+    def ice_servers(self, request: Request) -> bytes:
+        """
+        STUN/TURN servers with short-lived TURN credentials. With
+        authentication on, a token (``Authorization: Bearer`` or ``?token=``)
+        is required and its ``sub`` names the credentials.
+        """
+        hub = self._hub
+        config = hub.config
+        user_id = None
+        if hub.verifier is not None:
+            try:
+                token = _bearer(request) or token_from_query(request.args)
+                if token is None:
+                    raise ProtocolError("UNAUTHORIZED", "a token is required")
+                user_id = hub.verifier.verify(token, hub.clock.seconds()).subject
+            except ProtocolError as e:
+                request.setHeader(b"www-authenticate", b"Bearer")
+                return json_response(request, {"error": e.text, "code": e.code}, 401)
+        document = ice_servers_document(
+            config.stun_urls, config.turn_urls, config.turn_secret,
+            int(config.turn_ttl), user_id, hub.clock.seconds(),
+        )
+        return json_response(request, document)
 
-def make_site(
-    hub: Hub,
-    websocket: WebSocketResource,
-    cors_origin: str,
-    allows_origin: Callable[[str | None], bool],
-    started_at: float,
-) -> Site:
-    """The ``Site`` serving one port: WebSocket upgrades plus the endpoints."""
-    status = StatusEndpoints(hub, started_at)
-    root = RootResource(
-        websocket,
-        {b"/health": status.health, b"/stats": status.stats},
-        cors_origin,
-        allows_origin,
-    )
-    return QuietSite(root)
+
+def _bearer(request: Request) -> str | None:
+    header = request.getHeader("authorization")
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return None
 
 
-class QuietSite(Site):
-    """A ``Site`` without per-request access log lines (the hub logs events)."""
+class HandshakeDeadlineChannel(HTTPChannel):
+    """
+    An HTTP channel that must receive a complete request head within the
+    site's ``handshake_timeout``; a client that trickles its headers
+    (slowloris) is cut off instead of holding a socket forever.
+    """
+
+    _deadline: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._deadline = self.callLater(self.factory.handshake_timeout, self._expired)
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_deadline()
+        super().allHeadersReceived()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self.factory.metrics.connection_refused("handshake_timeout")
+        self.transport.abortConnection()
+
+
+class SignalingSite(Site):
+    """
+    A ``Site`` with the handshake deadline and without per-request access
+    log lines (the hub logs events).
+    """
 
     noisy = False
+    protocol = HandshakeDeadlineChannel
+
+    def __init__(self, root: Resource, metrics: Metrics, handshake_timeout: float, reactor: Any) -> None:
+        super().__init__(root, reactor=reactor)
+        self.metrics = metrics
+        self.handshake_timeout = handshake_timeout
 
     def log(self, request: Request) -> None:
         pass
+
+
+def make_site(
+    hub: Hub,
+    metrics: Metrics,
+    websocket: WebSocketResource,
+    started_at: float,
+    is_ready: Callable[[], bool],
+    reactor: Any,
+) -> SignalingSite:
+    """The ``Site`` serving the main port: WebSocket upgrades plus the endpoints."""
+    config = hub.config
+    status = StatusEndpoints(hub, started_at, is_ready)
+    endpoints: dict[bytes, Endpoint] = {
+        b"/health": status.health,
+        b"/ready": status.ready,
+        b"/stats": status.stats,
+        b"/ice-servers": status.ice_servers,
+    }
+    if not config.metrics_listen:
+        endpoints[b"/metrics"] = MetricsResource(metrics).render_GET
+    root = RootResource(websocket, endpoints, config.cors_origin)
+    return SignalingSite(root, metrics, config.handshake_timeout, reactor)
+
+
+def make_metrics_site(hub: Hub, metrics: Metrics, started_at: float,
+                      is_ready: Callable[[], bool], reactor: Any) -> SignalingSite:
+    """The ``Site`` of ``--metrics-listen``: ``/metrics``, ``/health`` and ``/ready`` only."""
+    status = StatusEndpoints(hub, started_at, is_ready)
+    root = RootResource(
+        None,
+        {b"/metrics": MetricsResource(metrics).render_GET, b"/health": status.health, b"/ready": status.ready},
+        hub.config.cors_origin,
+    )
+    return SignalingSite(root, metrics, hub.config.handshake_timeout, reactor)
