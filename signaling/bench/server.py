@@ -39,9 +39,15 @@ def pin(pid: int, core: int) -> bool:
         return False
 
 
+#: Server options for a load test from one address: the per-connection rate
+#: limit and the per-address connection cap are production defaults that a
+#: benchmark from 127.0.0.1 must not hit. ``--server-arg`` can set them again.
+BENCH_SERVER_ARGS = ("--rate-limit", "0", "--max-connections-per-ip", "0", "--max-connections", "0")
+
+
 class ServerProcess:
-    """``python -m signaling --interface 127.0.0.1 --port PORT --db :memory: [extra]``, pinned to
-    ``pin_core`` (default 0; ``None``: not pinned)."""
+    """``python -m signaling --interface 127.0.0.1 --port PORT --db :memory: [limits off] [extra]``,
+    pinned to ``pin_core`` (default 0; ``None``: not pinned)."""
 
     def __init__(
         self, extra_args: Sequence[str] = (), port: Optional[int] = None, pin_core: Optional[int] = 0
@@ -67,7 +73,7 @@ class ServerProcess:
         return [
             sys.executable, "-m", "signaling",
             "--interface", "127.0.0.1", "--port", str(self.port), "--db", ":memory:",
-            *self.extra_args,
+            *BENCH_SERVER_ARGS, *self.extra_args,
         ]
 
     def start(self, timeout: float = 20.0) -> None:
