@@ -12,7 +12,8 @@ one Twisted ``MultiService``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import MultiService, Service
@@ -86,18 +87,34 @@ class Policies:
             address (``TLSConfigError`` is a ``ValueError`` too).
         """
         verifier = None
-        if config.auth_secret:
-            verifier = TokenVerifier.from_secret(config.auth_secret)
-        elif config.auth_public_key:
-            verifier = TokenVerifier.from_public_key_file(config.auth_public_key)
-        for url in (*config.stun_urls, *config.turn_urls):
-            validate_ice_url(url)
+        with _naming("--auth-secret"):
+            if config.auth_secret:
+                verifier = TokenVerifier.from_secret(config.auth_secret)
+        with _naming("--auth-public-key"):
+            if config.auth_public_key:
+                verifier = TokenVerifier.from_public_key_file(config.auth_public_key)
+        with _naming("--stun-url/--turn-url"):
+            for url in (*config.stun_urls, *config.turn_urls):
+                validate_ice_url(url)
+        with _naming("--allowed-origin"):
+            origins = OriginPolicy(config.allowed_origins)
         return cls(
             tls_from_options(config.tls_cert, config.tls_key, config.tls_chain),
             verifier,
-            OriginPolicy(config.allowed_origins),
+            origins,
             ProxyPolicy(config.trusted_proxies),
         )
+
+
+@contextmanager
+def _naming(option: str) -> Iterator[None]:
+    """Prefix a ValueError's message with the option it is about, unless it names it."""
+    try:
+        yield
+    except ValueError as e:
+        if option.split("/")[0] in str(e):
+            raise
+        raise ValueError(f"{option}: {e}") from None
 
 
 def open_store(config: Config, reactor: Any, clock: Any) -> IOfflineStore:

@@ -210,4 +210,6 @@ class SignalingFactory(WebSocketServerFactory):
             failByDrop=False,
             autoPingInterval=0,
             closeHandshakeTimeout=1,
+            # Origins (including "null") are judged by OriginPolicy in onConnect.
+            allowNullOrigin=True,
         )

@@ -603,7 +603,9 @@ class SecurityOptionTests(unittest.SynchronousTestCase):
         self.assertUsageError("--auth-required", "--auth-required")
 
     def test_bad_allowed_origin(self):
-        self.assertUsageError("--allowed-origin", "--allowed-origin", "ftp://x")
+        # Any scheme is a valid origin (browser extensions use their own), but
+        # an origin never has a path.
+        self.assertUsageError("--allowed-origin", "--allowed-origin", "https://app.example.com/path")
 
     def test_bad_trusted_proxy(self):
         self.assertUsageError("--trusted-proxy", "--trusted-proxy", "example.com")
