@@ -7,15 +7,34 @@ from __future__ import annotations
 
 import sys
 
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
+from .logs import json_observer, text_observer
 from .tap import Options
+
+#: ``--log-format`` value -> observer factory taking the output stream.
+LOG_FORMATS = {"text": text_observer, "json": json_observer}
+
+
+class MainOptions(Options):
+    """The options of ``twistd signaling`` plus ``--log-format``."""
+
+    optParameters = [
+        ["log-format", None, "text", "Log lines on stdout: text (readable) or json (one object a line)."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(
+                f"--log-format: expected text or json, not {self['log-format']!r}"
+            )
+        super().postOptions()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run the server until a signal stops it; the exit status."""
-    options = Options()
+    options = MainOptions()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
@@ -26,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .service import make_service, install_signal_handlers
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    observer = LOG_FORMATS[options["log-format"]](sys.stdout)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     try:
         service = make_service(options.config, reactor)
         service.privilegedStartService()
