@@ -293,7 +293,9 @@ class Hub:
         ``reconnectAfterMs`` below ``reconnect_jitter`` seconds so they do not
         all come back at once, then start closing them with ``code``.
         """
-        log_event(self._log, "shutdown", reason=reason)
+        log_event(
+            self._log, "shutdown", reason=f"closing {len(self.sessions)} connections with {code}"
+        )
         spread = int(reconnect_jitter * 1000)
         for session in list(self.sessions):
             self._reply(session, {

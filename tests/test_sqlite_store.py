@@ -54,7 +54,7 @@ class StoreTestCase(unittest.TestCase):
     """Opens stores in a temp dir and closes them after each test."""
 
     def setUp(self):
-        self.dir = self.mktemp()
+        self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.path = os.path.join(self.dir, "offline.sqlite")
 
