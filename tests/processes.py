@@ -240,7 +240,7 @@ class ProcessTestCase(unittest.TestCase):
         directory: str | os.PathLike[str] | None = None,
     ) -> ServerProcess:
         """Start a server process (in a new temp directory unless ``directory``)."""
-        server = ServerProcess(command, args, directory or self.mktemp(), env)
+        server = ServerProcess(command, args, os.path.abspath(directory or self.mktemp()), env)
         server.start()
         self.addCleanup(server.kill)
         return server
