@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +37,7 @@ __all__ = [
     "START_TIMEOUT",
     "ServerProcess",
     "ProcessTestCase",
+    "SystemTempMixin",
     "environment",
     "free_port",
     "run",
@@ -229,7 +232,20 @@ class ServerProcess:
             self._log_file = None
 
 
-class ProcessTestCase(unittest.TestCase):
+class SystemTempMixin:
+    """
+    ``mktemp`` in the system's temporary directory, removed after the test
+    (trial's own would leave directories in the working directory).
+    """
+
+    def mktemp(self) -> str:
+        """A path that does not exist yet, in a new directory removed at cleanup."""
+        base = tempfile.mkdtemp(prefix="signaling-test-")
+        self.addCleanup(shutil.rmtree, base, True)  # type: ignore[attr-defined]
+        return os.path.join(base, "temp")
+
+
+class ProcessTestCase(SystemTempMixin, unittest.TestCase):
     """Starts server processes and clients; kills and closes all of them after each test."""
 
     def spawn(

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from certs import PKI, pem_certificate
 from helpers import ConnectionRefused, ServerTestCase, connect, read_body
-from processes import TWISTD, ProcessTestCase
+from processes import TWISTD, ProcessTestCase, SystemTempMixin
 
 
 def escape(path):
@@ -41,7 +41,7 @@ class TrustRootPolicy:
         return self._options
 
 
-class WssTests(ServerTestCase):
+class WssTests(SystemTempMixin, ServerTestCase):
     """The in-process server with TLS on its --port listener or on --listen endpoints."""
 
     def setUp(self):
