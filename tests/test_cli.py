@@ -2,6 +2,8 @@
 
 import os
 import signal
+import socket
+import sqlite3
 
 from twisted.internet import defer
 
@@ -81,3 +83,49 @@ class CommandLineTests(ProcessTestCase):
         with open(path, "rb") as f:
             self.assertEqual(f.read(), content)
         self.assertEqual(sorted(os.listdir(directory)), ["offline.sqlite"])
+
+    def assert_database_refused(self, script, reason):
+        """An SQLite file made by ``script`` is refused with ``reason`` and left as it was."""
+        directory = self.directory()
+        path = os.path.join(directory, "offline.sqlite")
+        conn = sqlite3.connect(path)
+        conn.executescript(script)
+        conn.close()
+        with open(path, "rb") as f:
+            content = f.read()
+        result = run(MODULE, ["--port", "0", "--interface", "127.0.0.1", "--db", path], directory)
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        message = last_line(result.stderr)
+        self.assertIn(path, message)
+        self.assertIn(reason, message)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), content)
+        self.assertEqual(sorted(os.listdir(directory)), ["offline.sqlite"])
+
+    def test_database_of_something_else_refused(self):
+        self.assert_database_refused(
+            "CREATE TABLE invoices (id INTEGER); INSERT INTO invoices VALUES (1);",
+            "something else",
+        )
+
+    def test_database_from_a_newer_release_refused(self):
+        self.assert_database_refused(
+            "CREATE TABLE version (version INTEGER); INSERT INTO version VALUES (999);"
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY);",
+            "schema version 999",
+        )
+
+    def test_port_in_use_exits_1(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        number = str(taken.getsockname()[1])
+        result = run(
+            MODULE, ["--port", number, "--interface", "127.0.0.1", "--db", ":memory:"],
+            self.directory(),
+        )
+        self.assertEqual(result.returncode, 1, result.stdout)
+        message = last_line(result.stderr)
+        self.assertIn(number, message)
+        self.assertIn("Address already in use", message)

@@ -71,7 +71,12 @@ class DurabilityTests(ProcessTestCase):
         self.assertEqual(missing, [], f"{len(missing)} acknowledged messages were lost")
 
     @defer.inlineCallbacks
-    def test_sigkill_keeps_every_acknowledged_message(self):
+    def interrupted_burst(self, signum):
+        """
+        Send a stream of messages for the offline "target" and stop the server
+        with ``signum`` after the first acknowledgements; fires with (ids
+        sent, ids acknowledged as queued, exit status, the stopped process).
+        """
         server, url = yield self.start_server()
         sender = yield self.register(url, "sender")
         sent = []
@@ -92,16 +97,21 @@ class DurabilityTests(ProcessTestCase):
         while len(acked) < ACKS_BEFORE_KILL or (len(sent) == len(acked) and sending.running):
             message = yield sender.next()
             acked.append(self.acknowledged(message))
-        server.send_signal(signal.SIGKILL)
+        server.send_signal(signum)
         if sending.running:
             sending.stop()
         yield finished
         status = yield server.wait_exit()
-        self.assertEqual(status, -signal.SIGKILL)
         yield sender.wait_closed()
         # Acknowledgements that arrived before the connection died count too.
         acked += [self.acknowledged(message) for message in sender.inbox.pending]
         self.assertEqual(acked, sorted(acked), "acknowledgements came out of order")
+        return sent, acked, status, server
+
+    @defer.inlineCallbacks
+    def test_sigkill_keeps_every_acknowledged_message(self):
+        sent, acked, status, _ = yield self.interrupted_burst(signal.SIGKILL)
+        self.assertEqual(status, -signal.SIGKILL)
 
         server, url = yield self.start_server()
         delivered = yield self.receive_offline(url)
@@ -113,6 +123,14 @@ class DurabilityTests(ProcessTestCase):
         server, url = yield self.start_server()
         again = yield self.receive_offline(url)
         self.assertEqual(again, [])
+
+    @defer.inlineCallbacks
+    def test_sigterm_mid_burst_keeps_every_acknowledged_message(self):
+        sent, acked, status, server = yield self.interrupted_burst(signal.SIGTERM)
+        self.assert_clean_exit(server, status)
+        server, url = yield self.start_server()
+        delivered = yield self.receive_offline(url)
+        self.assert_delivery(delivered, acked, sent)
 
     @defer.inlineCallbacks
     def test_clean_restart_keeps_everything(self):

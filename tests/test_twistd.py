@@ -68,6 +68,22 @@ class ServeTests(ProcessTestCase):
         self.assert_clean_exit(server, status)
 
     @defer.inlineCallbacks
+    def test_sigterm_with_a_client_that_never_closes(self):
+        server, port = yield self.start(
+            TWISTD, "--port", "0", "--db", "offline.sqlite", "--shutdown-timeout", "1"
+        )
+        url = f"ws://127.0.0.1:{port}/"
+        polite = yield self.register(url, "polite")
+        stubborn = yield self.register(url, "stubborn")
+        stubborn.sendCloseFrame = lambda *args, **kwargs: None
+        server.send_signal(signal.SIGTERM)
+        code, _ = yield polite.wait_closed()
+        self.assertEqual(code, 1001)
+        yield stubborn.wait_closed(timeout=15)
+        status = yield server.wait_exit()
+        self.assert_clean_exit(server, status)
+
+    @defer.inlineCallbacks
     def test_port_from_environment(self):
         wanted = free_port()
         server, port = yield self.start(TWISTD, "--db", ":memory:", env={"PORT": str(wanted)})
@@ -126,6 +142,22 @@ class ServeTests(ProcessTestCase):
         self.assertIn("Address already in use", server.log)
         self.assertIn(number, server.log)
 
+    def test_corrupt_db_refused_and_left_alone(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "offline.sqlite")
+        content = b"not a database\n" * 50
+        with open(path, "wb") as f:
+            f.write(content)
+        result = run(TWISTD, ["--port", "0", "--interface", "127.0.0.1", "--db", path], directory)
+        self.assertNotEqual(result.returncode, 0)
+        message = last_line(result.stdout + "\n" + result.stderr)
+        self.assertIn(path, message)
+        self.assertIn("not an SQLite database", message)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), content)
+        self.assertEqual(sorted(os.listdir(directory)), ["offline.sqlite"])
+
 
 class HelpTests(ProcessTestCase):
     def test_twistd_lists_the_plugin(self):
@@ -162,6 +194,7 @@ class BadValueTests(ProcessTestCase):
         (["--presence", "some"], {}, "--presence"),
         (["--tls-cert", "cert.pem"], {}, "--tls-key"),
         (["--offline-max", "0"], {}, "--offline-max"),
+        (["--tls-cert", "missing-cert.pem", "--tls-key", "missing-key.pem"], {}, "missing-cert.pem"),
         ([], {"PORT": "abc"}, "--port"),
         ([], {"SIGNALING_OFFLINE_MAX": "0"}, "--offline-max"),
         ([], {"SIGNALING_SHUTDOWN_TIMEOUT": "soon"}, "--shutdown-timeout"),
