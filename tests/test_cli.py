@@ -28,6 +28,10 @@ class ServeTests(ProcessTestCase):
         candidate = yield bob.expect("ice-candidate")
         self.assertEqual((candidate["from"], candidate["candidate"]), ("alice", {"candidate": "c1"}))
 
+        server.send_signal(signal.SIGHUP)  # certificate reload; without TLS a no-op
+        yield self.until_pong(alice)
+        self.assertIsNone(server.returncode)
+
         server.send_signal(signum)
         closes = yield defer.gatherResults([alice.wait_closed(), bob.wait_closed()])
         self.assertEqual([code for code, _ in closes], [1001, 1001])

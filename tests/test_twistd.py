@@ -61,6 +61,11 @@ class ServeTests(ProcessTestCase):
         self.assertEqual(health["status"], "healthy")
         self.assertEqual(health["connections"]["current"], 2)
 
+        # SIGHUP (certificate reload) without TLS changes nothing.
+        server.send_signal(signal.SIGHUP)
+        yield self.until_pong(alice)
+        self.assertIsNone(server.returncode)
+
         server.send_signal(signal.SIGTERM)
         closes = yield defer.gatherResults([alice.wait_closed(), bob.wait_closed()])
         self.assertEqual([code for code, _ in closes], [1001, 1001])

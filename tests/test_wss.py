@@ -68,9 +68,14 @@ class WssTests(SystemTempMixin, ServerTestCase):
 
     @defer.inlineCallbacks
     def assert_talk(self, first_url, second_url):
-        """Two clients register (over the given URLs) and exchange a directed message."""
-        alice = yield self.wss_register(first_url, "alice") if first_url.startswith("wss") \
-            else self.register("alice")
+        """
+        Two clients register (``first_url`` may be this test's plain ws://
+        URL) and exchange a directed message.
+        """
+        if first_url.startswith("wss:"):
+            alice = yield self.wss_register(first_url, "alice")
+        else:
+            alice = yield self.register("alice")
         bob = yield self.wss_register(second_url, "bob")
         alice.send({"type": "offer", "to": "bob", "sdp": "v=0 secure"})
         offer = yield bob.expect("offer")
