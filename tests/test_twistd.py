@@ -1,0 +1,240 @@
+"""``twistd -n signaling`` as a real process: serving, stopping, options, environment."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from twisted.internet import defer, reactor
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+
+from helpers import Client, read_body
+from processes import TWISTD, ProcessTestCase, environment, free_port, run
+from signaling.tap import Options
+
+#: ``twistd`` itself, without the plugin name.
+TWISTD_ONLY = TWISTD[:-1]
+
+
+@defer.inlineCallbacks
+def http_get_json(url):
+    """(status code, decoded JSON body) of a GET."""
+    response = yield Agent(reactor).request(b"GET", url.encode(), Headers({}))
+    body = yield read_body(response)
+    return response.code, json.loads(body)
+
+
+class PingRecorder(Client):
+    """Counts the heartbeat pings it receives and never answers them."""
+
+    answer_pings = False
+    pings = 0
+
+    def onPing(self, payload):
+        self.pings += 1
+
+
+class ServeTests(ProcessTestCase):
+    @defer.inlineCallbacks
+    def test_serve_talk_health_and_sigterm(self):
+        server, port = yield self.start(
+            TWISTD, "--port", "0", "--db", ":memory:", "--shutdown-timeout", "5"
+        )
+        url = f"ws://127.0.0.1:{port}/"
+        alice = yield self.register(url, "alice")
+        bob = yield self.register(url, "bob")
+        status = yield alice.expect("peer-status")
+        self.assertEqual((status["peerId"], status["status"]), ("bob", "online"))
+
+        alice.send({"type": "offer", "to": "bob", "sdp": "v=0 test", "messageId": "o1"})
+        offer = yield bob.expect("offer")
+        self.assertEqual((offer["from"], offer["sdp"], offer["messageId"]), ("alice", "v=0 test", "o1"))
+        bob.send({"type": "answer", "to": "alice", "sdp": "v=0 answer"})
+        answer = yield alice.expect("answer")
+        self.assertEqual(answer["from"], "bob")
+
+        code, health = yield http_get_json(f"http://127.0.0.1:{port}/health")
+        self.assertEqual(code, 200)
+        self.assertEqual(health["status"], "healthy")
+        self.assertEqual(health["connections"]["current"], 2)
+
+        # SIGHUP (certificate reload) without TLS changes nothing.
+        server.send_signal(signal.SIGHUP)
+        yield self.until_pong(alice)
+        self.assertIsNone(server.returncode)
+
+        server.send_signal(signal.SIGTERM)
+        closes = yield defer.gatherResults([alice.wait_closed(), bob.wait_closed()])
+        self.assertEqual([code for code, _ in closes], [1001, 1001])
+        status = yield server.wait_exit()
+        self.assert_clean_exit(server, status)
+
+    @defer.inlineCallbacks
+    def test_sigterm_with_a_client_that_never_closes(self):
+        server, port = yield self.start(
+            TWISTD, "--port", "0", "--db", "offline.sqlite", "--shutdown-timeout", "1"
+        )
+        url = f"ws://127.0.0.1:{port}/"
+        polite = yield self.register(url, "polite")
+        stubborn = yield self.register(url, "stubborn")
+        stubborn.sendCloseFrame = lambda *args, **kwargs: None
+        server.send_signal(signal.SIGTERM)
+        code, _ = yield polite.wait_closed()
+        self.assertEqual(code, 1001)
+        yield stubborn.wait_closed(timeout=15)
+        status = yield server.wait_exit()
+        self.assert_clean_exit(server, status)
+
+    @defer.inlineCallbacks
+    def test_port_from_environment(self):
+        wanted = free_port()
+        server, port = yield self.start(TWISTD, "--db", ":memory:", env={"PORT": str(wanted)})
+        self.assertEqual(port, wanted)
+        client = yield self.client(f"ws://127.0.0.1:{wanted}/")
+        yield self.until_pong(client)
+
+    @defer.inlineCallbacks
+    def test_presence_and_heartbeat_from_environment(self):
+        server, port = yield self.start(
+            TWISTD, "--port", "0", "--db", ":memory:",
+            env={"SIGNALING_PRESENCE": "none", "SIGNALING_HEARTBEAT_INTERVAL": "0.2"},
+        )
+        url = f"ws://127.0.0.1:{port}/"
+        alice = yield self.register(url, "alice")
+        yield self.register(url, "bob")
+        before_pong = yield self.until_pong(alice)
+        self.assertEqual([m for m in before_pong if m["type"] == "peer-status"], [])
+
+        # With the default interval (30 s) no ping would come in this wait.
+        silent = yield self.client(url, client_class=PingRecorder)
+        code, _ = yield silent.wait_closed(timeout=10)
+        self.assertGreaterEqual(silent.pings, 1)
+        self.assertNotEqual(code, 1000)
+        yield self.until_pong(alice)  # answers its pings, so still there
+
+    @defer.inlineCallbacks
+    def test_command_line_beats_environment(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server, port = yield self.start(
+            TWISTD, "--port", "0", "--presence", "all", "--db", ":memory:",
+            env={"PORT": str(taken.getsockname()[1]), "SIGNALING_PRESENCE": "none"},
+        )
+        self.assertNotEqual(port, taken.getsockname()[1])
+        url = f"ws://127.0.0.1:{port}/"
+        alice = yield self.register(url, "alice")
+        yield self.register(url, "bob")
+        before_pong = yield self.until_pong(alice)
+        self.assertEqual(
+            [(m["peerId"], m["status"]) for m in before_pong if m["type"] == "peer-status"],
+            [("bob", "online")],
+        )
+
+    def test_port_in_use_exits(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        number = str(taken.getsockname()[1])
+        server = self.spawn(TWISTD, "--port", number, "--interface", "127.0.0.1", "--db", ":memory:")
+        code = server.wait_exit_blocking()
+        self.assertNotEqual(code, 0, server.log)
+        self.assertIn("Address already in use", server.log)
+        self.assertIn(number, server.log)
+
+    def test_corrupt_db_refused_and_left_alone(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "offline.sqlite")
+        content = b"not a database\n" * 50
+        with open(path, "wb") as f:
+            f.write(content)
+        result = run(TWISTD, ["--port", "0", "--interface", "127.0.0.1", "--db", path], directory)
+        self.assertNotEqual(result.returncode, 0)
+        message = last_line(result.stdout + "\n" + result.stderr)
+        self.assertIn(path, message)
+        self.assertIn("not an SQLite database", message)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), content)
+        self.assertEqual(sorted(os.listdir(directory)), ["offline.sqlite"])
+
+
+class HelpTests(ProcessTestCase):
+    def test_twistd_lists_the_plugin(self):
+        result = run(TWISTD_ONLY, ["--help"], self.mktemp_dir())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout, r"(?m)^\s+signaling\s+\S")
+
+    def test_plugin_help_mentions_every_option(self):
+        result = run(TWISTD, ["--help"], self.mktemp_dir())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        names = [name.rstrip("=") for name in Options().longOpt]
+        self.assertGreater(len(names), 20)
+        missing = [name for name in names if f"--{name}" not in result.stdout]
+        self.assertEqual(missing, [], result.stdout)
+        self.assertIn("SIGNALING_", result.stdout)
+
+    def mktemp_dir(self):
+        path = self.mktemp()
+        os.makedirs(path)
+        return path
+
+
+def last_line(text):
+    """The last non-empty line of ``text``."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+class BadValueTests(ProcessTestCase):
+    #: (arguments, environment, what the error line must name)
+    cases = [
+        (["--port", "abc"], {}, "--port"),
+        (["--heartbeat-interval", "-1"], {}, "--heartbeat-interval"),
+        (["--presence", "some"], {}, "--presence"),
+        (["--tls-cert", "cert.pem"], {}, "--tls-key"),
+        (["--offline-max", "0"], {}, "--offline-max"),
+        (["--tls-cert", "missing-cert.pem", "--tls-key", "missing-key.pem"], {}, "missing-cert.pem"),
+        ([], {"PORT": "abc"}, "--port"),
+        ([], {"SIGNALING_OFFLINE_MAX": "0"}, "--offline-max"),
+        ([], {"SIGNALING_SHUTDOWN_TIMEOUT": "soon"}, "--shutdown-timeout"),
+    ]
+
+    def run_all(self, cases):
+        """Run twistd once per case, all at once; [(case, exit status, output)]."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        children = []
+        for args, env, _ in cases:
+            argv = [sys.executable, *TWISTD, "--db", ":memory:", "--interface", "127.0.0.1", *args]
+            child = subprocess.Popen(
+                argv, cwd=directory, env=environment(env), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            self.addCleanup(lambda c=child: c.poll() is None and (c.kill(), c.wait()))
+            children.append(child)
+        results = []
+        for case, child in zip(cases, children):
+            out, _ = child.communicate(timeout=30)
+            results.append((case, child.returncode, out))
+        return results
+
+    def test_bad_values_exit_with_a_message_naming_the_option(self):
+        problems = []
+        for (args, env, name), code, out in self.run_all(self.cases):
+            if code == 0:
+                problems.append(f"{args} {env}: exit status 0")
+            elif name not in last_line(out) or "Traceback" in out:
+                problems.append(f"{args} {env}: no clear message naming {name}:\n{out}")
+        self.assertEqual(problems, [])
+
+    def test_unknown_listen_endpoint_is_a_usage_error(self):
+        [(_, code, out)] = self.run_all([(["--listen", "nonsense:1"], {}, "nonsense")])
+        self.assertNotEqual(code, 0)
+        self.assertIn("nonsense", last_line(out))
+        self.assertNotIn("Traceback", out)

@@ -1,0 +1,187 @@
+"""
+``wss://`` and ``https://`` end to end: a client that trusts only a test root
+CA talks to the server, whose certificate is issued by an intermediate.
+Certificate renewal on SIGHUP is tested on a real ``twistd`` process.
+"""
+
+import json
+import os
+import signal
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from certs import PKI, pem_certificate
+from helpers import ConnectionRefused, ServerTestCase, connect, read_body
+from processes import TWISTD, ProcessTestCase, SystemTempMixin
+
+
+def escape(path):
+    """``path`` quoted for a Twisted endpoint description."""
+    return str(path).replace("\\", "\\\\").replace(":", "\\:")
+
+
+def peer_serial(client):
+    """Serial number of the certificate the server presented to ``client``."""
+    return client.transport.getPeerCertificate().get_serial_number()
+
+
+@implementer(IPolicyForHTTPS)
+class TrustRootPolicy:
+    """HTTPS policy for Agent: verify every server as ``localhost`` against one root."""
+
+    def __init__(self, options):
+        self._options = options
+
+    def creatorForNetloc(self, hostname, port):
+        return self._options
+
+
+class WssTests(SystemTempMixin, ServerTestCase):
+    """The in-process server with TLS on its --port listener or on --listen endpoints."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clients = []
+        self.pki = PKI.create()
+        self.files = self.pki.write(self.mktemp())
+        self.trust = optionsForClientTLS(
+            "localhost", trustRoot=Certificate.loadPEM(self.pki.root_pem)
+        )
+
+    def start_tls(self, **overrides):
+        """Start the server; returns the wss:// URL of its first listener."""
+        self.start_server(**overrides)
+        return f"wss://127.0.0.1:{self.port}/"
+
+    @defer.inlineCallbacks
+    def wss_register(self, url, peer_id):
+        client = yield connect(url, context_factory=self.trust)
+        self.clients.append(client)
+        client.send({"type": "register", "peerId": peer_id})
+        yield client.expect("registered")
+        return client
+
+    @defer.inlineCallbacks
+    def assert_talk(self, first_url, second_url):
+        """
+        Two clients register (``first_url`` may be this test's plain ws://
+        URL) and exchange a directed message.
+        """
+        if first_url.startswith("wss:"):
+            alice = yield self.wss_register(first_url, "alice")
+        else:
+            alice = yield self.register("alice")
+        bob = yield self.wss_register(second_url, "bob")
+        alice.send({"type": "offer", "to": "bob", "sdp": "v=0 secure"})
+        offer = yield bob.expect("offer")
+        self.assertEqual((offer["from"], offer["sdp"]), ("alice", "v=0 secure"))
+        bob.send({"type": "answer", "to": "alice", "sdp": "v=0 back"})
+        answer = yield alice.expect("answer", skip=("peer-status",))
+        self.assertEqual(answer["from"], "bob")
+        return alice, bob
+
+    @defer.inlineCallbacks
+    def test_separate_chain(self):
+        url = self.start_tls(tls_cert=str(self.files.cert), tls_key=str(self.files.key),
+                             tls_chain=str(self.files.chain))
+        alice, bob = yield self.assert_talk(url, url)
+        self.assertEqual(peer_serial(bob), self.files.leaf.serial)
+
+    @defer.inlineCallbacks
+    def test_full_chain_certificate(self):
+        url = self.start_tls(tls_cert=str(self.files.fullchain), tls_key=str(self.files.key))
+        alice, bob = yield self.assert_talk(url, url)
+        self.assertEqual(peer_serial(alice), self.files.leaf.serial)
+
+    @defer.inlineCallbacks
+    def test_leaf_without_chain_is_not_trusted(self):
+        """The control: without the intermediate the root-only client must refuse."""
+        url = self.start_tls(tls_cert=str(self.files.cert), tls_key=str(self.files.key))
+        yield self.assertFailure(connect(url, context_factory=self.trust), ConnectionRefused)
+
+    @defer.inlineCallbacks
+    def test_plain_client_on_tls_port_fails(self):
+        self.start_tls(tls_cert=str(self.files.fullchain), tls_key=str(self.files.key))
+        yield self.assertFailure(connect(f"ws://127.0.0.1:{self.port}/"), ConnectionRefused)
+        self.assertEqual(self.hub.sessions, set())
+
+    @defer.inlineCallbacks
+    def test_https_health_on_the_same_port(self):
+        url = self.start_tls(tls_cert=str(self.files.fullchain), tls_key=str(self.files.key))
+        yield self.wss_register(url, "alice")
+        agent = Agent(reactor, contextFactory=TrustRootPolicy(self.trust))
+        response = yield agent.request(
+            b"GET", f"https://127.0.0.1:{self.port}/health".encode(), Headers({})
+        )
+        body = json.loads((yield read_body(response)))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body["status"], "healthy")
+        self.assertEqual(body["connections"]["current"], 1)
+
+    @defer.inlineCallbacks
+    def test_plain_and_tls_listen_endpoints_side_by_side(self):
+        ssl = (f"ssl:0:interface=127.0.0.1:privateKey={escape(self.files.key)}"
+               f":certKey={escape(self.files.cert)}:extraCertChain={escape(self.files.chain)}")
+        self.start_server(port=None, listen=("tcp:0:interface=127.0.0.1", ssl))
+        plain, secure = [p.getHost().port for p in self.service.ports()]
+        self.assertEqual(self.port, plain)
+        alice, bob = yield self.assert_talk(self.url, f"wss://127.0.0.1:{secure}/")
+        self.assertEqual(peer_serial(bob), self.files.leaf.serial)
+        yield self.assertFailure(connect(f"ws://127.0.0.1:{secure}/"), ConnectionRefused)
+
+    @defer.inlineCallbacks
+    def test_tls_port_with_plain_listen(self):
+        self.start_server(tls_cert=str(self.files.fullchain), tls_key=str(self.files.key),
+                          listen=("tcp:0:interface=127.0.0.1",))
+        secure, plain = [p.getHost().port for p in self.service.ports()]
+        self.url = f"ws://127.0.0.1:{plain}/"
+        alice, bob = yield self.assert_talk(self.url, f"wss://127.0.0.1:{secure}/")
+        self.assertEqual(peer_serial(bob), self.files.leaf.serial)
+
+
+class RenewalTests(ProcessTestCase):
+    """SIGHUP makes a running ``twistd`` present a renewed certificate."""
+
+    @defer.inlineCallbacks
+    def test_sighup_renews_and_broken_files_keep_the_old_certificate(self):
+        pki = PKI.create()
+        first = pki.write(os.path.abspath(self.mktemp()))
+        trust = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pki.root_pem))
+        server, port = yield self.start(
+            TWISTD, "--port", "0", "--db", ":memory:",
+            "--tls-cert", str(first.fullchain), "--tls-key", str(first.key),
+        )
+        url = f"wss://127.0.0.1:{port}/"
+        old = yield self.register(url, "old", context_factory=trust)
+        self.assertEqual(peer_serial(old), first.leaf.serial)
+
+        second = pki.write(first.directory, common_name="renewed")
+        self.assertNotEqual(second.leaf.serial, first.leaf.serial)
+        server.send_signal(signal.SIGHUP)
+        yield server.wait_for_log("TLS certificate reloaded")
+        new = yield self.register(url, "new", context_factory=trust)
+        self.assertEqual(peer_serial(new), second.leaf.serial)
+        yield self.until_pong(old)
+        new.send({"type": "message", "to": "old", "payload": "hello"})
+        message = yield old.expect("message", skip=("peer-status",))
+        self.assertEqual((message["from"], message["payload"]), ("new", "hello"))
+
+        # A renewal gone wrong: a certificate whose key was not written.
+        third = pki.issue_leaf(common_name="broken")
+        first.fullchain.write_bytes(pem_certificate(third.certificate) + pki.intermediate_pem)
+        server.send_signal(signal.SIGHUP)
+        yield server.wait_for_log("TLS reload failed")
+        later = yield self.register(url, "later", context_factory=trust)
+        self.assertEqual(peer_serial(later), second.leaf.serial)
+        yield self.until_pong(old)
+        yield self.until_pong(new)
+        self.assertIsNone(server.returncode)
+
+        server.send_signal(signal.SIGTERM)
+        status = yield server.wait_exit()
+        self.assert_clean_exit(server, status)
