@@ -216,6 +216,22 @@ class Options(usage.Options):
                 check_listen_description(description)
         except ValueError as e:  # TLSConfigError is one too
             raise usage.UsageError(str(e))
+        for option, descriptions in (("--listen", self.config.listen),
+                                     ("--metrics-listen", self.config.metrics_listen)):
+            for description in descriptions:
+                _check_endpoint(option, description)
+
+
+def _check_endpoint(option: str, description: str) -> None:
+    """Parse an endpoint description without listening; a UsageError if Twisted cannot."""
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        # Parsing only stores the reactor, so a placeholder keeps this free of
+        # installing one before twistd does.
+        serverFromString(object(), description)
+    except Exception as e:
+        raise usage.UsageError(f"{option} {description!r}: {e}")
 
 
 def makeService(options: Options) -> Any:
