@@ -16,6 +16,8 @@ import re
 from dataclasses import MISSING, fields
 from typing import Any, Callable, Mapping
 
+from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from .config import Config
@@ -235,12 +237,34 @@ def _check_endpoint(option: str, description: str) -> None:
 
 
 def makeService(options: Options) -> Any:
-    """Build the service for ``twistd`` (the plugin's entry point)."""
+    """
+    Build the service for ``twistd`` (the plugin's entry point). A store or
+    listener that cannot start ends the process with one line saying why
+    (exit status 1), not a traceback.
+    """
     from twisted.internet import reactor
 
-    from .service import make_service, install_signal_handlers
+    from .service import install_signal_handlers, make_service
+    from .sqlite_store import StoreOpenError
 
     assert options.config is not None
-    service = make_service(options.config, reactor)
+    try:
+        service = make_service(options.config, reactor)
+    except (StoreOpenError, ValueError, OSError) as e:
+        raise SystemExit(f"signaling: cannot start: {e}")
     install_signal_handlers(reactor, service)
-    return service
+    return _ExitIfCannotListen(service)
+
+
+class _ExitIfCannotListen(MultiService):
+    """twistd glue: a port that cannot be bound exits with a message, not a traceback."""
+
+    def __init__(self, service: Any) -> None:
+        super().__init__()
+        service.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(f"signaling: cannot start: {e}")
