@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--window", type=int, default=d.window)
     a.add_argument("--duration", type=float, default=d.duration, help="measurement window, seconds")
     a.add_argument("--warmup", type=float, default=d.warmup)
-    a.add_argument("--rate", type=float, action="append", default=None, help="msgs/s for rate and offline's online traffic (repeatable; default 2000)")
+    a.add_argument("--rate", type=float, action="append", default=None,
+                   help="msgs/s for rate and for offline's online traffic (repeatable; default 2000)")
     a.add_argument("--conns", type=int, default=d.conns)
     a.add_argument("--concurrency", type=int, default=d.concurrency)
     a.add_argument("--rooms", type=int, default=d.rooms)

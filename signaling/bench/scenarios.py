@@ -501,17 +501,21 @@ class _Offline:
         return missing
 
     def sample(self, n: int) -> list[tuple[str, list[int]]]:
-        """Up to ``n`` targets spread over all senders and targets, each with the seqs stored
-        for it in the order they were sent."""
-        per: dict[str, list[int]] = {}
+        """Up to ``n`` targets spread evenly over all senders and targets (full ones when there
+        are enough), each with the seqs queued for it in the order they were sent."""
+        per: dict[tuple[int, int], list[int]] = {}
         for seq in range(len(self.state)):
             if self.state[seq] == _QUEUED:
-                per.setdefault(self.target(self.sender[seq], self.k[seq]), []).append(seq)
-        names = sorted(per)
-        if n <= 0 or not names:
+                s, k = self.sender[seq], self.k[seq]
+                per.setdefault((s, k // PER_TARGET), []).append(seq)
+        keys = sorted(per)
+        full = [key for key in keys if len(per[key]) == PER_TARGET]
+        if len(full) >= n:
+            keys = full
+        if n <= 0 or not keys:
             return []
-        step = max(1, len(names) // n)
-        return [(t, per[t]) for t in names[::step][:n]]
+        step = max(1, len(keys) // n)
+        return [(self.target(s, j * PER_TARGET), per[(s, j)]) for s, j in keys[::step][:n]]
 
 
 async def _check_stored(ctx: Context, off: _Offline) -> dict:
