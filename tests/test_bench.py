@@ -175,15 +175,33 @@ class _StandInRelay(WebSocketServerProtocol):
                 members.remove(self)
 
 
+class _ReorderingOfflineRelay(_StandInRelay):
+    """The stand-in relay with an offline store that hands each target its first two messages swapped."""
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        f, m = self.factory, json.loads(payload)
+        if "to" in m and m["to"] not in f.peers:
+            f.stored.setdefault(m["to"], []).append(dict(m, **{"from": self.ident}))
+            self._send({"type": "peer-offline", "peerId": m["to"], "messageId": m["messageId"], "queued": True})
+            return
+        super().onMessage(payload, isBinary)
+        if m["type"] == "register":
+            queue = f.stored.pop(self.ident, [])
+            queue[:2] = queue[1::-1]
+            for om in queue:
+                self._send({"type": "offline-message", "messageId": om["messageId"], "originalMessage": om})
+
+
 class EndToEndTests(unittest.TestCase):
     """``python -m signaling.bench`` as a subprocess against a relay on 127.0.0.1."""
 
-    def _relay(self, drop_every: int = 0) -> str:
+    def _relay(self, drop_every: int = 0, protocol: type = _StandInRelay) -> str:
         from twisted.internet import reactor
 
         factory = WebSocketServerFactory()
-        factory.protocol = _StandInRelay
+        factory.protocol = protocol
         factory.peers, factory.rooms, factory.count, factory.drop_every = {}, {}, 0, drop_every
+        factory.stored = {}
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return f"ws://127.0.0.1:{port.getHost().port}/"
@@ -240,6 +258,44 @@ class EndToEndTests(unittest.TestCase):
         lines = self._lines(out)
         self.assertEqual(code, 0, err.decode()[-2000:] + out.decode()[-3000:])
         self.assertEqual([x["ok"] for x in lines], [True, True, True])
+
+
+    OFFLINE = ("--scenario", "offline", "--pairs", "5", "--rate", "200", "--senders", "2", "--offline-window", "4",
+               "--duration", "1", "--baseline", "0.5", "--check-targets", "3", "--drain", "3", "--json-only")
+
+    @defer.inlineCallbacks
+    def test_offline_against_the_real_server(self) -> defer.Generator:
+        if importlib.util.find_spec("signaling.__main__") is None:
+            raise unittest.SkipTest("python -m signaling does not exist yet")
+        out, err, code = yield self._bench(*self.OFFLINE)
+        (line,) = self._lines(out)
+        self.assertEqual(code, 0, err.decode()[-2000:] + out.decode()[-3000:])
+        self.assertTrue(line["ok"])
+        self.assertGreater(line["offline_queued_in_window"], 0)
+        self.assertGreater(line["offline_queued_per_s"], 0)
+        self.assertEqual(line["offline_queued"], line["offline_sent"])
+        self.assertEqual(line["offline_unacked"], 0)
+        for key in ("lat_ms", "baseline_lat_ms"):
+            self.assertGreater(line[key]["n"], 0)
+            self.assertIn("p99", line[key])
+        self.assertEqual(line["missing"], 0)
+        check = line["check"]
+        self.assertEqual(check["targets"], 3)
+        self.assertGreater(check["expected"], 0)
+        self.assertEqual(check["delivered"], check["expected"])
+        self.assertTrue(line["store"].startswith("sqlite file "), line["store"])
+        self.assertFalse(os.path.exists(os.path.dirname(line["store"][len("sqlite file "):])))
+
+    @defer.inlineCallbacks
+    def test_offline_reordering_fails_the_run(self) -> defer.Generator:
+        url = self._relay(protocol=_ReorderingOfflineRelay)
+        out, err, code = yield self._bench("--url", url, *self.OFFLINE)
+        (line,) = self._lines(out)
+        self.assertEqual(code, 1, err.decode()[-2000:])
+        self.assertFalse(line["ok"])
+        self.assertEqual(line["store"], "the server's own store (--url)")
+        self.assertEqual(line["error_detail"], {"check_out_of_order": 3})
+        self.assertEqual(line["check"]["delivered"], line["check"]["expected"])
 
 
 class TableTests(unittest.TestCase):

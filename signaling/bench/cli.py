@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Optional, Sequence
 from urllib.parse import urlsplit
 
 from signaling.bench.procfs import core_busy, core_times, proc_ticks, rss_kib, CLK_TCK
-from signaling.bench.scenarios import SCENARIOS, Context, Params
+from signaling.bench.scenarios import FILE_STORE, SCENARIOS, Context, Params
 from signaling.bench.server import ServerProcess, pin
 from signaling.bench.stats import r3
 from signaling.bench.table import render
@@ -37,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--window", type=int, default=d.window)
     a.add_argument("--duration", type=float, default=d.duration, help="measurement window, seconds")
     a.add_argument("--warmup", type=float, default=d.warmup)
-    a.add_argument("--rate", type=float, action="append", default=None, help="msgs/s for rate (repeatable; default 2000)")
+    a.add_argument("--rate", type=float, action="append", default=None,
+                   help="msgs/s for rate and for offline's online traffic (repeatable; default 2000)")
     a.add_argument("--conns", type=int, default=d.conns)
     a.add_argument("--concurrency", type=int, default=d.concurrency)
     a.add_argument("--rooms", type=int, default=d.rooms)
@@ -49,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--setup-timeout", type=float, default=d.setup_timeout)
     a.add_argument("--hold", type=float, default=d.hold, help="connect: seconds to hold before reading RSS")
     a.add_argument("--idle-seconds", type=float, default=d.idle_seconds)
+    a.add_argument("--senders", type=int, default=d.senders, help="offline: sender connections")
+    a.add_argument("--offline-window", type=int, default=d.offline_window,
+                   help="offline: messages in flight per sender")
+    a.add_argument("--baseline", type=float, default=d.baseline,
+                   help="offline: seconds of online-only traffic measured before the burst")
+    a.add_argument("--check-targets", type=int, default=d.check_targets,
+                   help="offline: offline ids registered at the end to read their messages back")
+    a.add_argument("--offline-budget", type=int, default=d.offline_budget,
+                   help="offline: at most this many offline messages in one run (keeps under the byte cap)")
     a.add_argument("--label")
     a.add_argument("--no-pin", action="store_true", help="do not pin the server to core 0 and this process to core 1")
     a.add_argument("--json-only", action="store_true", help="no table at the end")
@@ -68,7 +81,20 @@ def _params(ns: argparse.Namespace, rate: float) -> Params:
     return Params(pairs=ns.pairs, window=ns.window, duration=ns.duration, warmup=ns.warmup, rate=rate,
                   conns=ns.conns, concurrency=ns.concurrency, rooms=ns.rooms, members=ns.members,
                   chat_rate=ns.chat_rate, sdp_bytes=ns.sdp_bytes, chat_bytes=ns.chat_bytes, drain=ns.drain,
-                  setup_timeout=ns.setup_timeout, hold=ns.hold, idle_seconds=ns.idle_seconds)
+                  setup_timeout=ns.setup_timeout, hold=ns.hold, idle_seconds=ns.idle_seconds,
+                  senders=ns.senders, offline_window=ns.offline_window, baseline=ns.baseline,
+                  check_targets=ns.check_targets, offline_budget=ns.offline_budget)
+
+
+def _db_arg(args: Sequence[str]) -> Optional[str]:
+    """The last ``--db`` value in server arguments, or ``None``."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == "--db" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--db="):
+            value = arg[5:]
+    return value
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -156,17 +182,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--server-pid needs --url")
     if not ns.no_pin:
         pin(0, 1)
-    runs = [(n, r) for n in names for r in ((ns.rate or [Params.rate]) if n == "rate" else [None])]
+    runs = [(n, r) for n in names for r in ((ns.rate or [Params.rate]) if n in ("rate", "offline") else [None])]
     lines: list[dict] = []
     status = 0
     for name, rate in runs:
         params = _params(ns, rate or Params.rate)
         server = None
+        db_dir = None
         try:
             if ns.url:
                 url, pid = ns.url, ns.server_pid
             else:
-                server = ServerProcess(ns.server_arg, pin_core=None if ns.no_pin else 0)
+                server_args = list(ns.server_arg)
+                if name in FILE_STORE:
+                    db = _db_arg(server_args)
+                    if db is None:
+                        db_dir = tempfile.mkdtemp(prefix="signaling-bench-")
+                        db = os.path.join(db_dir, "bench.sqlite")
+                        server_args = ["--db", db, *server_args]
+                    params.store = "memory (--db :memory:)" if db == ":memory:" else f"sqlite file {db}"
+                server = ServerProcess(server_args, pin_core=None if ns.no_pin else 0)
                 server.start()
                 url, pid = server.url, server.pid
             line, code = run_one(name, url, pid, params, ns.label)
@@ -182,6 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         finally:
             if server is not None:
                 server.close()
+            if db_dir is not None:
+                shutil.rmtree(db_dir, ignore_errors=True)
         lines.append(line)
         sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
         sys.stdout.flush()
