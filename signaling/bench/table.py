@@ -12,6 +12,7 @@ _FIGURE = {
     "connect": ("conns_per_s", "conns/s"),
     "fanout": ("deliveries_per_s", "deliv/s"),
     "idle": ("alive", "conns"),
+    "offline": ("offline_queued_per_s", "queued/s"),
 }
 
 
