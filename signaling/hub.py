@@ -165,8 +165,8 @@ class Hub:
         if decision.allowed:
             return True
         session.alive = True
-        log_event(self._log, "limit", peer=session.address, limit="rate")
         if decision.close:
+            log_event(self._log, "limit", peer=session.address, limit="rate")
             session.conn.close(CLOSE_POLICY, "rate limit ignored")
         else:
             self.reject(session, ProtocolError(
@@ -225,10 +225,14 @@ class Hub:
         """Answer ``session`` with the error message for ``error``."""
         session.alive = True
         self.metrics.error(error.code)
-        log_event(
-            self._log, "error", peer=session.address, code=error.code, reason=error.text,
-            request=None if request is None else payload_for_log(request, self.config.log_payloads),
-        )
+        # Refused floods are counted, not logged line by line: the log must
+        # not grow at the rate an abuser sends.
+        if error.code != m.RATE_LIMITED:
+            log_event(
+                self._log, "error", peer=session.address, code=error.code, reason=error.text,
+                request=None if request is None
+                else payload_for_log(request, self.config.log_payloads),
+            )
         self._send(
             session,
             encode(error_message(error.code, error.text, self.now_ms(), request, **error.extra)),
