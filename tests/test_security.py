@@ -15,33 +15,17 @@ import json
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
-from helpers import ConnectionRefused, ServerTestCase, connect
+from helpers import ConnectionRefused, ServerTestCase, connect, wait_for
 from signaling.tap import Options
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
 OTHER_SECRET = "another-secret-of-at-least-32-bytes!!!"
-
-
-def pause(seconds: float = 0.01) -> defer.Deferred:
-    """Let the real reactor run for ``seconds``."""
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def wait_for(condition, what: str, timeout: float = 5.0):
-    """Poll ``condition`` on the real reactor until true; fail after ``timeout``."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield pause()
 
 
 # -- authentication -------------------------------------------------------------

@@ -7,24 +7,14 @@ import socket
 import subprocess
 import sys
 
-from twisted.internet import defer, reactor
-from twisted.web.client import Agent
-from twisted.web.http_headers import Headers
+from twisted.internet import defer
 
-from helpers import Client, read_body
+from helpers import Client, http_get
 from processes import TWISTD, ProcessTestCase, environment, free_port, run
 from signaling.tap import Options
 
 #: ``twistd`` itself, without the plugin name.
 TWISTD_ONLY = TWISTD[:-1]
-
-
-@defer.inlineCallbacks
-def http_get_json(url):
-    """(status code, decoded JSON body) of a GET."""
-    response = yield Agent(reactor).request(b"GET", url.encode(), Headers({}))
-    body = yield read_body(response)
-    return response.code, json.loads(body)
 
 
 class PingRecorder(Client):
@@ -56,8 +46,9 @@ class ServeTests(ProcessTestCase):
         answer = yield alice.expect("answer")
         self.assertEqual(answer["from"], "bob")
 
-        code, health = yield http_get_json(f"http://127.0.0.1:{port}/health")
-        self.assertEqual(code, 200)
+        response, body = yield http_get(f"http://127.0.0.1:{port}/health")
+        self.assertEqual(response.code, 200)
+        health = json.loads(body)
         self.assertEqual(health["status"], "healthy")
         self.assertEqual(health["connections"]["current"], 2)
 
