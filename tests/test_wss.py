@@ -5,7 +5,6 @@ Certificate renewal on SIGHUP is tested on a real ``twistd`` process.
 """
 
 import json
-import os
 import signal
 
 from twisted.internet import defer, reactor, task
@@ -143,7 +142,7 @@ class RenewalTests(ProcessTestCase):
     @defer.inlineCallbacks
     def test_sighup_renews_and_broken_files_keep_the_old_certificate(self):
         pki = PKI.create()
-        first = pki.write(os.path.abspath(self.mktemp()))
+        first = pki.write(self.mktemp())
         trust = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pki.root_pem))
         server, port = yield self.start(
             TWISTD, "--port", "0", "--db", ":memory:",
