@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -232,8 +231,6 @@ class EndToEndTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_against_the_real_server(self) -> defer.Generator:
-        if importlib.util.find_spec("signaling.__main__") is None:
-            raise unittest.SkipTest("python -m signaling does not exist yet")
         out, err, code = yield self._bench(
             "--scenario", "relay", "--scenario", "fanout", "--scenario", "idle", "--pairs", "10",
             "--duration", "1", "--rooms", "2", "--members", "3", "--chat-rate", "100", "--conns", "20",

@@ -11,7 +11,6 @@ from helpers import (
     ServerTestCase,
     capture_log_lines,
     connect,
-    pause,
     server_config,
     start_service,
     wait_for,
@@ -59,9 +58,8 @@ class HeartbeatTests(ServerTestCase):
         client = yield self.connect()
         for _ in range(3):
             self.clock.advance(30)
-            # Wait until the server has seen the pong to its ping.
-            while not next(iter(self.hub.sessions)).alive:
-                yield pause()
+            [session] = self.hub.sessions
+            yield wait_for(lambda: session.alive, "the server to see the pong to its ping")
         self.assertEqual(len(self.hub.sessions), 1)
         self.assertFalse(client.closed.called)
 
