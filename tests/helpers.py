@@ -3,12 +3,14 @@ Test support: a real WebSocket client over loopback and a server fixture.
 
 The server runs in this process on the real reactor, bound to 127.0.0.1
 port 0; its timers run on a ``task.Clock`` the test advances by hand.
+Also here: bounded waits on the real reactor, HTTP GET, Prometheus text
+parsing and log capture, shared by the in-process and process tests.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -18,8 +20,10 @@ from autobahn.twisted.websocket import (
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from twisted.internet.protocol import Protocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
+from prometheus_client.parser import text_string_to_metric_families
 
 from signaling.config import Config
 from signaling.service import make_service
@@ -169,9 +173,8 @@ class ServerTestCase(unittest.TestCase):
         self.start_server(**self.config)
 
     def start_server(self, **overrides: Any) -> None:
-        values = {"port": 0, "interface": "127.0.0.1", "db": ":memory:"}
-        values.update(overrides)
-        self.service = make_service(Config(**values), reactor, clock=self.clock)
+        """Start this test's server (``self.config`` is not applied again)."""
+        self.service = make_service(server_config(**overrides), reactor, clock=self.clock)
         self.service.startService()
         self.addCleanup(self._stop_server, self.service)
         self.hub = self.service.hub
@@ -189,16 +192,23 @@ class ServerTestCase(unittest.TestCase):
 
     @defer.inlineCallbacks
     def connect(self, path: str = "/", headers: dict[str, str] | None = None,
-                client_class: type = Client) -> Any:
-        """A new client connected to this test's server."""
-        client = yield connect(self.url.rstrip("/") + path, headers, client_class)
+                client_class: type = Client, url: str | None = None,
+                context_factory: Any = None) -> Any:
+        """
+        A new client connected to this test's server at ``path`` (or to
+        ``url``, another listener); dropped at cleanup.
+        """
+        if url is None:
+            url = self.url.rstrip("/") + path
+        client = yield connect(url, headers, client_class, context_factory)
         self.clients.append(client)
         return client
 
     @defer.inlineCallbacks
-    def register(self, peer_id: str, **fields: Any) -> Any:
+    def register(self, peer_id: str, url: str | None = None, context_factory: Any = None,
+                 **fields: Any) -> Any:
         """A new client registered as ``peer_id`` (its ``registered`` consumed)."""
-        client = yield self.connect()
+        client = yield self.connect(url=url, context_factory=context_factory)
         client.send({"type": "register", "peerId": peer_id, **fields})
         yield client.expect("registered")
         return client
@@ -218,16 +228,104 @@ class ServerTestCase(unittest.TestCase):
         client.send({"type": "ping"})
         yield client.expect("pong")
 
-    @defer.inlineCallbacks
     def http_get(self, path: str, method: bytes = b"GET",
-                 headers: dict[bytes, list[bytes]] | None = None) -> Any:
+                 headers: dict[bytes, list[bytes]] | None = None) -> defer.Deferred:
         """(response, body bytes) for an HTTP request to this server."""
-        agent = Agent(reactor)
-        response = yield agent.request(
-            method, (self.http + path).encode(), Headers(headers or {})
-        )
-        body = yield read_body(response)
-        return response, body
+        return http_get(self.http + path, method, headers)
+
+
+def server_config(**overrides: Any) -> Config:
+    """A server configuration on 127.0.0.1 port 0 with an in-memory store, plus ``overrides``."""
+    values: dict[str, Any] = {"port": 0, "interface": "127.0.0.1", "db": ":memory:"}
+    values.update(overrides)
+    return Config(**values)
+
+
+def start_service(testcase: unittest.TestCase, **overrides: Any) -> Any:
+    """A second, independent server on the real reactor, stopped at cleanup."""
+    service = make_service(server_config(**overrides), reactor)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    return service
+
+
+@defer.inlineCallbacks
+def http_get(url: str, method: bytes = b"GET",
+             headers: dict[bytes, list[bytes]] | None = None, agent: Any = None) -> Any:
+    """(response, body bytes) of an HTTP request (a fresh Agent unless ``agent``)."""
+    agent = Agent(reactor) if agent is None else agent
+    response = yield agent.request(method, url.encode(), Headers(headers or {}))
+    body = yield read_body(response)
+    return response, body
+
+
+def pause(seconds: float = 0.01) -> defer.Deferred:
+    """Let the real reactor run for ``seconds``."""
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll ``condition`` on the real reactor until it holds; fail after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        yield pause()
+
+
+#: Prometheus samples: (name, sorted label pairs) -> value.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(body: bytes) -> Samples:
+    """Every sample of a Prometheus text body."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(body.decode("utf-8")):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; a missing sample fails the test with KeyError."""
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def total(samples: Samples, name: str) -> float:
+    """The sum of every sample named ``name`` (all label values)."""
+    return sum(value for (n, _), value in samples.items() if n == name)
+
+
+def capture_log(testcase: unittest.TestCase, keep: Callable[[dict], bool]) -> list[dict]:
+    """
+    A list that collects every global log event for which ``keep`` is true,
+    from now until the test's cleanup.
+    """
+    events: list[dict] = []
+    _observe(testcase, lambda event: events.append(event) if keep(event) else None)
+    return events
+
+
+def capture_log_lines(testcase: unittest.TestCase, prefix: str) -> list[str]:
+    """
+    A list that collects the text of every global log event that starts
+    with ``prefix`` (``"[Stats]"``: the stats line), until the test's cleanup.
+    """
+    lines: list[str] = []
+
+    def observer(event: dict) -> None:
+        text = formatEvent(event)
+        if text.startswith(prefix):
+            lines.append(text)
+
+    _observe(testcase, observer)
+    return lines
+
+
+def _observe(testcase: unittest.TestCase, observer: Callable[[dict], None]) -> None:
+    globalLogPublisher.addObserver(observer)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observer)
 
 
 class _Body(Protocol):

@@ -40,6 +40,8 @@ __all__ = [
     "SystemTempMixin",
     "environment",
     "free_port",
+    "last_line",
+    "occupied_port",
     "run",
 ]
 
@@ -85,6 +87,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def occupied_port(testcase: unittest.TestCase) -> int:
+    """A port on 127.0.0.1 held by a listening socket until the test's cleanup."""
+    taken = socket.socket()
+    testcase.addCleanup(taken.close)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken.getsockname()[1]
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of ``text`` (where a command's error message stands)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def run(
@@ -243,6 +260,12 @@ class SystemTempMixin:
         base = tempfile.mkdtemp(prefix="signaling-test-")
         self.addCleanup(shutil.rmtree, base, True)  # type: ignore[attr-defined]
         return os.path.join(base, "temp")
+
+    def mkdtemp(self) -> str:
+        """A new empty directory, removed at cleanup."""
+        path = self.mktemp()
+        os.mkdir(path)
+        return path
 
 
 class ProcessTestCase(SystemTempMixin, unittest.TestCase):

@@ -11,10 +11,11 @@ import shutil
 import tempfile
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.trial.unittest import SynchronousTestCase
 
+from certs import pem_private_key
+from credentials import public_pem
 from signaling.auth import Grant, TokenVerifier, token_from_query
 from signaling.messages import UNAUTHORIZED, ProtocolError
 
@@ -23,12 +24,6 @@ NOW = 1_700_000_000.0
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def public_pem(private_key) -> bytes:
-    return private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def b64url(data: bytes) -> str:
@@ -269,12 +264,7 @@ class PublicKeyTests(VerifierMixin, SynchronousTestCase):
         self.assertIn("unsupported", str(caught.exception))
 
     def test_private_key_file_refused(self):
-        pem = EC_KEY.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        path = self.key_file(pem)
+        path = self.key_file(pem_private_key(EC_KEY))
         with self.assertRaises(ValueError) as caught:
             TokenVerifier.from_public_key_file(path)
         self.assertIn(path, str(caught.exception))

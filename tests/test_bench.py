@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -13,12 +12,11 @@ from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
+from processes import environment
 from signaling.bench.ledger import ChatLedger, DirectedLedger
 from signaling.bench.payload import Payloads, chat_seq, sdp_seq
 from signaling.bench.stats import Samples, percentile
 from signaling.bench.table import render
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PercentileTests(unittest.TestCase):
@@ -207,9 +205,11 @@ class EndToEndTests(unittest.TestCase):
         return f"ws://127.0.0.1:{port.getHost().port}/"
 
     def _bench(self, *args: str) -> defer.Deferred:
-        env = dict(os.environ, PYTHONPATH=ROOT)
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
         return getProcessOutputAndValue(
-            sys.executable, ["-m", "signaling.bench", "--no-pin", "--warmup", "0.2", *args], env=env, path=ROOT)
+            sys.executable, ["-m", "signaling.bench", "--no-pin", "--warmup", "0.2", *args],
+            env=environment(), path=directory)
 
     @staticmethod
     def _lines(out: bytes) -> list[dict]:
@@ -249,8 +249,6 @@ class EndToEndTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_against_the_real_server(self) -> defer.Generator:
-        if importlib.util.find_spec("signaling.__main__") is None:
-            raise unittest.SkipTest("python -m signaling does not exist yet")
         out, err, code = yield self._bench(
             "--scenario", "relay", "--scenario", "fanout", "--scenario", "idle", "--pairs", "10",
             "--duration", "1", "--rooms", "2", "--members", "3", "--chat-rate", "100", "--conns", "20",

@@ -2,18 +2,11 @@
 
 import os
 import signal
-import socket
 import sqlite3
 
 from twisted.internet import defer
 
-from processes import MODULE, ProcessTestCase, run
-
-
-def last_line(text):
-    """The last non-empty line of ``text``."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+from processes import MODULE, ProcessTestCase, last_line, occupied_port, run
 
 
 class ServeTests(ProcessTestCase):
@@ -48,19 +41,14 @@ class ServeTests(ProcessTestCase):
 
 
 class CommandLineTests(ProcessTestCase):
-    def directory(self):
-        path = self.mktemp()
-        os.makedirs(path)
-        return path
-
     def test_help(self):
-        result = run(MODULE, ["--help"], self.directory())
+        result = run(MODULE, ["--help"], self.mkdtemp())
         self.assertEqual(result.returncode, 0, result.stderr)
         for option in ("--port", "--db", "--tls-cert", "--listen", "--presence"):
             self.assertIn(option, result.stdout)
 
     def test_usage_errors_exit_2(self):
-        directory = self.directory()
+        directory = self.mkdtemp()
         for args, name in ((["--port", "abc"], "--port"),
                            (["--no-such-option"], "no-such-option"),
                            (["--presence", "some"], "--presence")):
@@ -71,7 +59,7 @@ class CommandLineTests(ProcessTestCase):
         self.assertEqual(os.listdir(directory), [])
 
     def test_corrupt_db_refused_and_left_alone(self):
-        directory = self.directory()
+        directory = self.mkdtemp()
         path = os.path.join(directory, "offline.sqlite")
         content = b"this is not a database\n" * 100
         with open(path, "wb") as f:
@@ -90,7 +78,7 @@ class CommandLineTests(ProcessTestCase):
 
     def assert_database_refused(self, script, reason):
         """An SQLite file made by ``script`` is refused with ``reason`` and left as it was."""
-        directory = self.directory()
+        directory = self.mkdtemp()
         path = os.path.join(directory, "offline.sqlite")
         conn = sqlite3.connect(path)
         conn.executescript(script)
@@ -120,14 +108,10 @@ class CommandLineTests(ProcessTestCase):
         )
 
     def test_port_in_use_exits_1(self):
-        taken = socket.socket()
-        self.addCleanup(taken.close)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        number = str(taken.getsockname()[1])
+        number = str(occupied_port(self))
         result = run(
             MODULE, ["--port", number, "--interface", "127.0.0.1", "--db", ":memory:"],
-            self.directory(),
+            self.mkdtemp(),
         )
         self.assertEqual(result.returncode, 1, result.stdout)
         message = last_line(result.stderr)

@@ -6,19 +6,15 @@ SIGTERM drain of ``twistd -n signaling``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import sqlite3
-import tempfile
 from typing import Any
 
 from twisted.internet import defer
-from twisted.trial import unittest
 
-from helpers import Client, connect, settle_autobahn_timers
-from server_process import ServerProcess, free_port
+from helpers import Client
+from processes import MODULE, TWISTD, ProcessTestCase
 
 #: A string no log line may hold unless payload logging is on.
 CANARY = "v=0 o=- SDP-CANARY-7f3a9c 2 IN IP4 203.0.113.9"
@@ -27,46 +23,6 @@ PEER = re.compile(r"^127\.0\.0\.1:\d+$")
 
 #: Seconds a test waits for a process to exit after SIGTERM, beyond its own timeout.
 EXIT_MARGIN = 10.0
-
-
-class ProcessTestCase(unittest.TestCase):
-    """Runs server processes in a temporary directory; closes every client after."""
-
-    def setUp(self) -> None:
-        self.workdir = tempfile.mkdtemp(prefix="signaling-process-")
-        self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/"
-        self.clients: list[Client] = []
-        self.addCleanup(self._close_clients)
-
-    @defer.inlineCallbacks
-    def _close_clients(self) -> Any:
-        for client in self.clients:
-            yield client.drop()
-        yield settle_autobahn_timers()
-
-    @defer.inlineCallbacks
-    def start(self, args: list[str]) -> Any:
-        """Start ``python <args>`` and wait until it listens on ``self.port``."""
-        server = ServerProcess(self, args, self.workdir)
-        yield server.wait_listening(self.port)
-        return server
-
-    @defer.inlineCallbacks
-    def connect(self) -> Any:
-        """A client connected to the server process."""
-        client = yield connect(self.url)
-        self.clients.append(client)
-        return client
-
-    @defer.inlineCallbacks
-    def register(self, peer_id: str) -> Any:
-        """A client registered as ``peer_id``."""
-        client = yield self.connect()
-        client.send({"type": "register", "peerId": peer_id})
-        yield client.expect("registered")
-        return client
 
 
 def address(client: Client) -> str:
@@ -84,13 +40,13 @@ class JsonLogTests(ProcessTestCase):
         connect, register, join, leave, error, takeover, disconnect and a
         SIGTERM shutdown; returns (parsed lines, raw output, client addresses).
         """
-        server = yield self.start([
-            "-m", "signaling", "--log-format", "json", "--port", str(self.port),
-            "--interface", "127.0.0.1", "--db", ":memory:", "--reconnect-jitter", "0",
-            *extra,
-        ])
-        alice = yield self.register("alice")
-        member = yield self.connect()
+        server, port = yield self.start(
+            MODULE, "--log-format", "json", "--port", "0", "--db", ":memory:",
+            "--reconnect-jitter", "0", *extra,
+        )
+        url = f"ws://127.0.0.1:{port}/"
+        alice = yield self.register(url, "alice")
+        member = yield self.client(url)
         addresses = {"alice": address(alice), "member": address(member)}
         member.send({"type": "join-room", "roomId": "lobby", "sender": "m1"})
         yield member.expect("join-success")
@@ -98,16 +54,16 @@ class JsonLogTests(ProcessTestCase):
         yield member.expect("leave-success")
         alice.send({"type": "weird-offer", "sdp": CANARY})
         yield alice.expect_error("UNKNOWN_MESSAGE_TYPE")
-        successor = yield self.register("alice")
+        successor = yield self.register(url, "alice")
         addresses["successor"] = address(successor)
         code, _ = yield alice.wait_closed()
         self.assertEqual(code, 4001)
         yield member.drop()
-        server.signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         yield successor.expect("server-shutdown")
         status = yield server.wait_exit(5 + EXIT_MARGIN)
-        self.assertEqual(status, 0, server.output())
-        raw = server.output()
+        self.assertEqual(status, 0, server.log)
+        raw = server.log
         lines = [json.loads(line) for line in raw.splitlines()]
         return lines, raw, addresses
 
@@ -153,23 +109,23 @@ class JsonLogTests(ProcessTestCase):
 class TwistdDrainTests(ProcessTestCase):
     """``twistd -n signaling`` stopped by SIGTERM."""
 
-    def twistd(self, *extra: str) -> list[str]:
-        """Arguments for ``python`` that run the server under twistd on ``self.port``."""
-        return ["-c", "from twisted.scripts.twistd import run; run()", "-n", "signaling", "--port", str(self.port),
-                "--interface", "127.0.0.1", "--db", "offline.sqlite", *extra]
+    @defer.inlineCallbacks
+    def start_twistd(self, *extra: str) -> Any:
+        """A twistd server on ``offline.sqlite``; fires with (process, ws URL)."""
+        server, port = yield self.start(TWISTD, "--port", "0", "--db", "offline.sqlite", *extra)
+        return server, f"ws://127.0.0.1:{port}/"
 
     @defer.inlineCallbacks
     def test_sigterm_drains(self):
-        server = yield self.start(self.twistd("--shutdown-timeout", "3",
-                                              "--reconnect-jitter", "2"))
-        client = yield self.register("alice")
-        server.signal(signal.SIGTERM)
+        server, url = yield self.start_twistd("--shutdown-timeout", "3", "--reconnect-jitter", "2")
+        client = yield self.register(url, "alice")
+        server.send_signal(signal.SIGTERM)
         notice = yield client.expect("server-shutdown")
         self.assertTrue(0 <= notice["reconnectAfterMs"] <= 2000, notice)
         code, _ = yield client.wait_closed()
         self.assertEqual(code, 1001)
         status = yield server.wait_exit(3 + EXIT_MARGIN)
-        self.assertIn(status, (0, -signal.SIGTERM), server.output())
+        self.assertIn(status, (0, -signal.SIGTERM), server.log)
 
     @defer.inlineCallbacks
     def test_second_sigterm_exits_at_once(self):
@@ -182,22 +138,18 @@ class TwistdDrainTests(ProcessTestCase):
         waiting to be written, so the drain's final flush waits on SQLite's
         busy timeout. The second SIGTERM must end the process with status 1.
         """
-        server = yield self.start(self.twistd("--shutdown-timeout", "30"))
-        client = yield self.register("alice")
+        server, url = yield self.start_twistd("--shutdown-timeout", "30")
+        client = yield self.register(url, "alice")
         client.sendCloseFrame = lambda *args, **kwargs: None  # never answers the close
-        lock = sqlite3.connect(f"{self.workdir}/offline.sqlite", isolation_level=None)
+        lock = sqlite3.connect(server.directory / "offline.sqlite", isolation_level=None)
         self.addCleanup(lock.close)
         lock.execute("BEGIN EXCLUSIVE")
         client.send({"type": "offer", "to": "absent", "offer": {"sdp": "x"}})
         # The pong comes first: the offline write is stuck behind the lock.
-        yield self._ping(client)
-        server.signal(signal.SIGTERM)
+        before_pong = yield self.until_pong(client)
+        self.assertEqual(before_pong, [])
+        server.send_signal(signal.SIGTERM)
         yield client.expect("server-shutdown")
-        server.signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         status = yield server.wait_exit(EXIT_MARGIN)
-        self.assertEqual(status, 1, server.output())
-
-    @defer.inlineCallbacks
-    def _ping(self, client: Client) -> Any:
-        client.send({"type": "ping"})
-        yield client.expect("pong")
+        self.assertEqual(status, 1, server.log)

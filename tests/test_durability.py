@@ -3,7 +3,6 @@ The offline store across restarts of a real server process: ``queued: true``
 is a promise that survives SIGKILL, and a clean stop keeps everything.
 """
 
-import os
 import signal
 
 from twisted.internet import defer, task
@@ -31,7 +30,7 @@ def ids(count, prefix="m"):
 
 class DurabilityTests(ProcessTestCase):
     def setUp(self):
-        self.directory = os.path.abspath(self.mktemp())
+        self.directory = self.mktemp()
 
     @defer.inlineCallbacks
     def start_server(self):

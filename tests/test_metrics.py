@@ -4,30 +4,27 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from helpers import read_body
+from helpers import Samples, http_get, parse_metrics, sample
+from signaling import __version__
 from signaling.metrics import Metrics, MetricsResource
 
 
-def samples(metrics: Metrics) -> dict:
-    """Parse render() output into {(sample name, sorted labels): value}."""
+def samples(metrics: Metrics) -> Samples:
+    """What a scrape of ``metrics`` would read."""
     body, _ = metrics.render()
-    found = {}
-    for family in text_string_to_metric_families(body.decode("utf-8")):
-        for s in family.samples:
-            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return found
+    return parse_metrics(body)
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
     """One sample's value; KeyError when it is not exported."""
-    return samples(metrics)[(name, tuple(sorted(labels.items())))]
+    return sample(samples(metrics), name, **labels)
 
 
 class CounterTests(unittest.TestCase):
@@ -154,7 +151,7 @@ class IsolationTests(unittest.TestCase):
     def test_process_metrics(self) -> None:
         found = samples(Metrics())
         names = {name for name, _ in found}
-        self.assertIn(("signaling_build_info", (("version", _version()),)), found)
+        self.assertIn(("signaling_build_info", (("version", __version__),)), found)
         # ProcessCollector reads /proc; elsewhere it exports nothing.
         try:
             open("/proc/self/stat").close()
@@ -163,12 +160,6 @@ class IsolationTests(unittest.TestCase):
         self.assertIn("process_cpu_seconds_total", names)
         bare = {name for name, _ in samples(Metrics(process=False))}
         self.assertNotIn("process_cpu_seconds_total", bare)
-
-
-def _version() -> str:
-    from signaling import __version__
-
-    return __version__
 
 
 class GaugeTests(unittest.TestCase):
@@ -220,37 +211,26 @@ class ResourceTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_get_metrics(self):
-        from twisted.internet import reactor as _reactor
-
         metrics = Metrics(process=False)
         metrics.bind(connections=lambda: 5)
         metrics.message_relayed("offer", count=4)
         root = Resource()
         root.putChild(b"metrics", MetricsResource(metrics))
-        port = yield TCP4ServerEndpoint(_reactor, 0, interface="127.0.0.1").listen(
-            Site(root)
-        )
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(root))
         self.addCleanup(port.stopListening)
-        url = f"http://127.0.0.1:{port.getHost().port}/metrics".encode("ascii")
-        pool = HTTPConnectionPool(_reactor, persistent=True)
+        pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
-        agent = Agent(_reactor, pool=pool)
-        response = yield agent.request(b"GET", url)
-        body = yield read_body(response)
+        response, body = yield http_get(
+            f"http://127.0.0.1:{port.getHost().port}/metrics", agent=Agent(reactor, pool=pool)
+        )
         self.assertEqual(response.code, 200)
         self.assertEqual(
             response.headers.getRawHeaders(b"content-type"),
             [metrics.render()[1].encode("ascii")],
         )
-        parsed = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode("utf-8"))
-            for s in family.samples
-        }
-        self.assertEqual(parsed[("signaling_connections", ())], 5)
-        self.assertEqual(
-            parsed[("signaling_messages_relayed_total", (("type", "offer"),))], 4
-        )
+        parsed = parse_metrics(body)
+        self.assertEqual(sample(parsed, "signaling_connections"), 5)
+        self.assertEqual(sample(parsed, "signaling_messages_relayed_total", type="offer"), 4)
 
 
 class DocumentationTests(unittest.TestCase):

@@ -8,57 +8,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionRefusedError
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http_headers import Headers
 
-from helpers import ConnectionRefused, ServerTestCase, connect, read_body
+from helpers import (
+    ConnectionRefused,
+    ServerTestCase,
+    capture_log_lines,
+    connect,
+    http_get,
+    parse_metrics,
+    sample,
+    start_service,
+    total,
+    wait_for,
+)
 from signaling import __version__
-from signaling.config import Config
-from signaling.service import make_service
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse_metrics(body: bytes) -> Samples:
-    """Every sample of a Prometheus text body: (name, sorted labels) -> value."""
-    samples: Samples = {}
-    for family in text_string_to_metric_families(body.decode("utf-8")):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def sample(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; a missing sample fails the test with KeyError."""
-    return samples[(name, tuple(sorted(labels.items())))]
-
-
-def total(samples: Samples, name: str) -> float:
-    """The sum of every sample named ``name`` (all label values)."""
-    return sum(value for (n, _), value in samples.items() if n == name)
-
-
-@defer.inlineCallbacks
-def get(url: str, agent: Agent | None = None) -> Any:
-    """(response, body) of ``GET url``."""
-    agent = Agent(reactor) if agent is None else agent
-    response = yield agent.request(b"GET", url.encode(), Headers({}))
-    body = yield read_body(response)
-    return response, body
-
-
-@defer.inlineCallbacks
-def wait_for(condition: Any, what: str) -> Any:
-    """Wait (on the real reactor) until ``condition()`` holds."""
-    for _ in range(500):
-        if condition():
-            return
-        yield task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"never reached: {what}")
 
 
 class MetricsAfterTrafficTests(ServerTestCase):
@@ -133,18 +99,13 @@ class MetricsAfterTrafficTests(ServerTestCase):
 
     @defer.inlineCallbacks
     def test_two_services_in_one_process(self):
-        other = make_service(Config(port=0, interface="127.0.0.1", db=":memory:"), reactor)
-        other.startService()
-        self.addCleanup(other.stopService)
+        other = start_service(self)
         other_port = other.ports()[0].getHost().port
         yield self.register("here-1")
         yield self.register("here-2")
-        there = yield connect(f"ws://127.0.0.1:{other_port}/")
-        self.clients.append(there)
-        there.send({"type": "register", "peerId": "there"})
-        yield there.expect("registered")
+        yield self.register("there", url=f"ws://127.0.0.1:{other_port}/")
 
-        _, body = yield get(f"http://127.0.0.1:{other_port}/metrics")
+        _, body = yield http_get(f"http://127.0.0.1:{other_port}/metrics")
         theirs = parse_metrics(body)
         ours = yield self.scrape()
         self.assertEqual(sample(ours, "signaling_connections_opened_total"), 2)
@@ -163,16 +124,16 @@ class MetricsListenerTests(ServerTestCase):
         main, extra = (port.getHost().port for port in self.service.ports())
         self.assertEqual(main, self.port)
         yield self.register("a")
-        response, _ = yield get(f"http://127.0.0.1:{main}/metrics")
+        response, _ = yield http_get(f"http://127.0.0.1:{main}/metrics")
         self.assertEqual(response.code, 404)
-        response, body = yield get(f"http://127.0.0.1:{extra}/metrics")
+        response, body = yield http_get(f"http://127.0.0.1:{extra}/metrics")
         self.assertEqual(response.code, 200)
         self.assertEqual(sample(parse_metrics(body), "signaling_connections"), 1)
         for port in (main, extra):
             for path in ("/health", "/ready"):
-                response, body = yield get(f"http://127.0.0.1:{port}{path}")
+                response, body = yield http_get(f"http://127.0.0.1:{port}{path}")
                 self.assertEqual(response.code, 200, (port, path))
-        response, _ = yield get(f"http://127.0.0.1:{extra}/stats")
+        response, _ = yield http_get(f"http://127.0.0.1:{extra}/stats")
         self.assertEqual(response.code, 404)
         with self.assertRaises(ConnectionRefused):
             yield connect(f"ws://127.0.0.1:{extra}/")
@@ -189,15 +150,7 @@ class StatsCountersTests(ServerTestCase):
     config = {"stats_interval": 300.0, "max_connections": 6}
 
     def setUp(self) -> Any:
-        self.lines: list[str] = []
-
-        def observer(event: dict) -> None:
-            text = formatEvent(event)
-            if text.startswith("[Stats]"):
-                self.lines.append(text)
-
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.lines = capture_log_lines(self, "[Stats]")
         return super().setUp()
 
     @defer.inlineCallbacks
@@ -291,17 +244,17 @@ class DrainTests(ServerTestCase):
         stubborn = yield self.register("stubborn")
         yield polite.expect("peer-status")
         stubborn.sendCloseFrame = lambda *args, **kwargs: None  # never answers the close
-        response, body = yield get(self.http + "/ready", kept_alive)
+        response, body = yield http_get(self.http + "/ready", agent=kept_alive)
         self.assertEqual((response.code, json.loads(body)), (200, {"status": "ready"}))
 
         stopping = self.service.stopService()
         self.assertTrue(self.service.draining)
-        response, body = yield get(self.http + "/ready", kept_alive)
+        response, body = yield http_get(self.http + "/ready", agent=kept_alive)
         self.assertEqual((response.code, json.loads(body)), (503, {"status": "draining"}))
         self.assertFalse(stopping.called, "the drain ended before /ready was asked")
         for port in (self.port, metrics_port):
             with self.assertRaises(ConnectionRefusedError):
-                yield get(f"http://127.0.0.1:{port}/health")
+                yield http_get(f"http://127.0.0.1:{port}/health")
 
         for client in (polite, stubborn):
             notice = yield client.expect("server-shutdown")

@@ -7,6 +7,17 @@ from helpers import ServerTestCase
 
 class RoomTests(ServerTestCase):
     @defer.inlineCallbacks
+    def three_in_room(self, room_id):
+        """alice, bob and carol joined ``room_id`` in that order, every user-joined consumed."""
+        alice = yield self.join(room_id, "alice")
+        bob = yield self.join(room_id, "bob")
+        carol = yield self.join(room_id, "carol")
+        yield alice.expect("user-joined")
+        yield alice.expect("user-joined")
+        yield bob.expect("user-joined")
+        return alice, bob, carol
+
+    @defer.inlineCallbacks
     def test_join_lists_members_and_notifies_others(self):
         alice = yield self.connect()
         alice.send({"type": "join-room", "roomId": "r1", "sender": "alice"})
@@ -34,12 +45,7 @@ class RoomTests(ServerTestCase):
 
     @defer.inlineCallbacks
     def test_signaling_forwarded_verbatim_with_sender_overwritten(self):
-        alice = yield self.join("r1", "alice")
-        bob = yield self.join("r1", "bob")
-        carol = yield self.join("r1", "carol")
-        yield alice.expect("user-joined")
-        yield alice.expect("user-joined")
-        yield bob.expect("user-joined")
+        alice, bob, carol = yield self.three_in_room("r1")
         # The real seed client's shape, with a spoofed sender.
         offer = {
             "type": "offer", "sender": "mallory", "roomId": "r1", "timestamp": 1704672000000,
@@ -69,12 +75,7 @@ class RoomTests(ServerTestCase):
 
     @defer.inlineCallbacks
     def test_directed_within_room(self):
-        alice = yield self.join("r1", "alice")
-        bob = yield self.join("r1", "bob")
-        carol = yield self.join("r1", "carol")
-        yield alice.expect("user-joined")
-        yield alice.expect("user-joined")
-        yield bob.expect("user-joined")
+        alice, bob, carol = yield self.three_in_room("r1")
         alice.send({"type": "offer", "roomId": "r1", "to": "carol", "offer": {"sdp": "x"}})
         got = yield carol.expect("offer")
         self.assertEqual(got["sender"], "alice")

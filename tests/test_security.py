@@ -7,41 +7,22 @@ validation.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
-from helpers import ConnectionRefused, ServerTestCase, connect
+from credentials import turn_password, write_public_key
+from helpers import ConnectionRefused, ServerTestCase, connect, wait_for
 from signaling.tap import Options
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
 OTHER_SECRET = "another-secret-of-at-least-32-bytes!!!"
-
-
-def pause(seconds: float = 0.01) -> defer.Deferred:
-    """Let the real reactor run for ``seconds``."""
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def wait_for(condition, what: str, timeout: float = 5.0):
-    """Poll ``condition`` on the real reactor until true; fail after ``timeout``."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield pause()
 
 
 # -- authentication -------------------------------------------------------------
@@ -197,11 +178,7 @@ class ES256Tests(AuthMixin, ServerTestCase):
     def setUp(self):
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.other_key = ec.generate_private_key(ec.SECP256R1())
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(self.key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.config = {"auth_public_key": path}
+        self.config = {"auth_public_key": write_public_key(self.mktemp(), self.key)}
         return super().setUp()
 
     def mint(self, claims):
@@ -516,16 +493,12 @@ class HideDeviceInfoTests(ServerTestCase):
 # -- /ice-servers ----------------------------------------------------------------------
 
 
+TURN_SECRET = "s3cret"
 ICE_CONFIG = {
     "stun_urls": ("stun:stun.example.org:3478",),
     "turn_urls": ("turn:turn.example.org:3478",),
-    "turn_secret": "s3cret",
+    "turn_secret": TURN_SECRET,
 }
-
-
-def turn_password(username: str) -> str:
-    digest = hmac.new(b"s3cret", username.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
 
 
 class IceServersTests(ServerTestCase):
@@ -541,7 +514,7 @@ class IceServersTests(ServerTestCase):
         self.assertEqual(stun["urls"], ["stun:stun.example.org:3478"])
         self.assertEqual(turn["urls"], ["turn:turn.example.org:3478"])
         self.assertEqual(turn["username"], str(1_700_000_000 + 86400))
-        self.assertEqual(turn["credential"], turn_password(turn["username"]))
+        self.assertEqual(turn["credential"], turn_password(TURN_SECRET, turn["username"]))
 
 
 class IceServersAuthTests(ServerTestCase):
@@ -559,7 +532,7 @@ class IceServersAuthTests(ServerTestCase):
         self.assertEqual(response.code, 200)
         turn = json.loads(body)["iceServers"][1]
         self.assertEqual(turn["username"], f"{1_700_000_000 + 86400}:alice")
-        self.assertEqual(turn["credential"], turn_password(turn["username"]))
+        self.assertEqual(turn["credential"], turn_password(TURN_SECRET, turn["username"]))
         forged = jwt.encode({"sub": "alice"}, OTHER_SECRET, algorithm="HS256")
         response, _ = yield self.http_get(
             "/ice-servers", headers={b"authorization": [b"Bearer " + forged.encode()]})
@@ -591,11 +564,7 @@ class SecurityOptionTests(unittest.SynchronousTestCase):
         self.assertUsageError("--auth-secret", "--auth-secret", "too-short")
 
     def test_secret_and_public_key(self):
-        key = ec.generate_private_key(ec.SECP256R1()).public_key()
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(key.public_bytes(serialization.Encoding.PEM,
-                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+        path = write_public_key(self.mktemp(), ec.generate_private_key(ec.SECP256R1()))
         self.assertUsageError("--auth-public-key", "--auth-secret", SECRET,
                               "--auth-public-key", path)
 

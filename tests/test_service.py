@@ -4,11 +4,17 @@ import json
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import CannotListenError
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from helpers import Client, ServerTestCase
-from signaling.config import Config
+from helpers import (
+    Client,
+    ServerTestCase,
+    capture_log_lines,
+    connect,
+    server_config,
+    start_service,
+    wait_for,
+)
 from signaling.service import make_service
 
 
@@ -52,32 +58,17 @@ class HeartbeatTests(ServerTestCase):
         client = yield self.connect()
         for _ in range(3):
             self.clock.advance(30)
-            # Wait until the server has seen the pong to its ping.
-            while not next(iter(self.hub.sessions)).alive:
-                yield deferLater(0.01)
+            [session] = self.hub.sessions
+            yield wait_for(lambda: session.alive, "the server to see the pong to its ping")
         self.assertEqual(len(self.hub.sessions), 1)
         self.assertFalse(client.closed.called)
-
-
-def deferLater(seconds):
-    from twisted.internet import task
-
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 class StatsLineTests(ServerTestCase):
     config = {"stats_interval": 300.0}
 
     def setUp(self):
-        self.lines = []
-
-        def observer(event):
-            text = formatEvent(event)
-            if text.startswith("[Stats]"):
-                self.lines.append(text)
-
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.lines = capture_log_lines(self, "[Stats]")
         return super().setUp()
 
     @defer.inlineCallbacks
@@ -103,17 +94,9 @@ class StatsLineTests(ServerTestCase):
         # Every connection closes: the current count returns to exactly zero.
         for client in list(self.clients):
             yield client.drop()
-        yield self.wait_for(lambda: not self.hub.sessions)
+        yield wait_for(lambda: not self.hub.sessions, "every session to close")
         self.clock.advance(300)
         self.assertEqual(self.lines[-1], "[Stats] 连接数: 0, 总连接: 5, 转发消息: 2, 离线消息: 2")
-
-    @defer.inlineCallbacks
-    def wait_for(self, condition):
-        for _ in range(500):
-            if condition():
-                return
-            yield deferLater(0.01)
-        self.fail("condition not reached")
 
 
 class HttpTests(ServerTestCase):
@@ -178,20 +161,6 @@ class CorsOriginTests(ServerTestCase):
                          [b"https://app.example"])
 
 
-class OriginAllowListTests(ServerTestCase):
-    config = {"allowed_origins": ("https://app.example",)}
-
-    @defer.inlineCallbacks
-    def test_origins(self):
-        client = yield self.connect(headers={"Origin": "https://app.example"})
-        yield self.roundtrip(client)
-        client = yield self.connect()  # no Origin: not a browser, allowed
-        yield self.roundtrip(client)
-        with self.assertRaises(Exception) as refused:
-            yield self.connect(headers={"Origin": "https://evil.example"})
-        self.assertIn("403", str(refused.exception))
-
-
 class ShutdownTests(ServerTestCase):
     config = {"shutdown_timeout": 0.5}
 
@@ -200,9 +169,8 @@ class ShutdownTests(ServerTestCase):
         polite = yield self.register("polite")
         stubborn = yield self.register("stubborn")
         stubborn.sendCloseFrame = lambda *a, **kw: None  # never answers the close
-        started = reactor.seconds()
-        yield self.service.stopService()
-        self.assertLess(reactor.seconds() - started, 5)
+        # Bounded: a drain that waited for the stubborn client would never end.
+        yield self.service.stopService().addTimeout(5, reactor)
         code, _ = yield polite.wait_closed()
         self.assertEqual(code, 1001)
         yield stubborn.wait_closed()
@@ -211,24 +179,16 @@ class ShutdownTests(ServerTestCase):
 
 class ListenTests(unittest.TestCase):
     def test_port_in_use_is_raised(self):
-        first = make_service(Config(port=0, interface="127.0.0.1", db=":memory:"), reactor)
-        first.startService()
-        self.addCleanup(first.stopService)
+        first = start_service(self)
         port = first.ports()[0].getHost().port
-        second = make_service(Config(port=port, interface="127.0.0.1", db=":memory:"), reactor)
+        second = make_service(server_config(port=port), reactor)
         self.assertRaises(CannotListenError, second.privilegedStartService)
 
     @defer.inlineCallbacks
     def test_listen_endpoints(self):
-        service = make_service(
-            Config(port=None, db=":memory:",
-                   listen=("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")),
-            reactor,
+        service = start_service(
+            self, port=None, listen=("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")
         )
-        service.startService()
-        self.addCleanup(service.stopService)
-        from helpers import connect
-
         ports = [p.getHost().port for p in service.ports()]
         self.assertEqual(len(ports), 2)
         for port in ports:

@@ -13,11 +13,13 @@ import sys
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from processes import environment
 from signaling import sqlite_store
 from signaling.sqlite_store import SCHEMA_VERSION, SqliteStore, StoreOpenError, read_schema
 from signaling.store import IOfflineStore, QueueFull, StoreLimits
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The helper process that writes to the store until it is killed.
+STORE_WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "store_writer.py")
 NOW = 1_700_000_000.0
 
 
@@ -436,15 +438,14 @@ class KillTests(StoreTestCase):
     """Every id reported durable survives SIGKILL of the writing process."""
 
     def test_kill_9(self):
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         errors_path = os.path.join(self.dir, "stderr.txt")
         with open(errors_path, "wb") as errors:
             proc = subprocess.Popen(
-                [sys.executable, os.path.join(ROOT, "tests", "store_writer.py"), self.path],
+                [sys.executable, STORE_WRITER, self.path],
                 stdout=subprocess.PIPE,
                 stderr=errors,
-                env=env,
-                cwd=ROOT,
+                env=environment(),
+                cwd=self.dir,
             )
         printed = []
         try:

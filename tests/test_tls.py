@@ -24,7 +24,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -38,6 +38,7 @@ from signaling.tls import (
     tls_server_endpoint,
 )
 from certs import PKI, pem_private_key
+from helpers import capture_log
 
 
 def _reactor():
@@ -431,16 +432,13 @@ class ReloadTests(TLSTestCase):
     @defer.inlineCallbacks
     def setUp(self):
         super().setUp()
-        self.errors = []
-        observer = self._observe
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.errors = capture_log(
+            self,
+            lambda event: event.get("log_level") == LogLevel.error
+            and event.get("log_namespace") == "signaling.tls",
+        )
         self.tls = ReloadableTLS(str(self.files.fullchain), str(self.files.key))
         self.port = yield self.serve(self.tls)
-
-    def _observe(self, event):
-        if event.get("log_level") == LogLevel.error and event.get("log_namespace") == "signaling.tls":
-            self.errors.append(event)
 
     def renew(self):
         """Replace the files in place with a new leaf, as a renewal does."""
@@ -477,6 +475,7 @@ class ReloadTests(TLSTestCase):
     def test_failed_reload_with_missing_file(self):
         os.remove(self.files.fullchain)
         self.assertFalse(self.tls.reload())
+        self.assertEqual(len(self.errors), 1)
         self.assertIn("does not exist", self.errors[0]["reason"])
         yield self.assert_verified_exchange(self.port, self.files.leaf.serial)
 

@@ -3,28 +3,25 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
-from twisted.internet import defer, reactor
-from twisted.web.client import Agent
-from twisted.web.http_headers import Headers
+from twisted.internet import defer
 
-from helpers import Client, read_body
-from processes import TWISTD, ProcessTestCase, environment, free_port, run
+from helpers import Client, http_get
+from processes import (
+    TWISTD,
+    ProcessTestCase,
+    environment,
+    free_port,
+    last_line,
+    occupied_port,
+    run,
+)
 from signaling.tap import Options
 
 #: ``twistd`` itself, without the plugin name.
 TWISTD_ONLY = TWISTD[:-1]
-
-
-@defer.inlineCallbacks
-def http_get_json(url):
-    """(status code, decoded JSON body) of a GET."""
-    response = yield Agent(reactor).request(b"GET", url.encode(), Headers({}))
-    body = yield read_body(response)
-    return response.code, json.loads(body)
 
 
 class PingRecorder(Client):
@@ -56,8 +53,9 @@ class ServeTests(ProcessTestCase):
         answer = yield alice.expect("answer")
         self.assertEqual(answer["from"], "bob")
 
-        code, health = yield http_get_json(f"http://127.0.0.1:{port}/health")
-        self.assertEqual(code, 200)
+        response, body = yield http_get(f"http://127.0.0.1:{port}/health")
+        self.assertEqual(response.code, 200)
+        health = json.loads(body)
         self.assertEqual(health["status"], "healthy")
         self.assertEqual(health["connections"]["current"], 2)
 
@@ -117,15 +115,12 @@ class ServeTests(ProcessTestCase):
 
     @defer.inlineCallbacks
     def test_command_line_beats_environment(self):
-        taken = socket.socket()
-        self.addCleanup(taken.close)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+        taken = occupied_port(self)
         server, port = yield self.start(
             TWISTD, "--port", "0", "--presence", "all", "--db", ":memory:",
-            env={"PORT": str(taken.getsockname()[1]), "SIGNALING_PRESENCE": "none"},
+            env={"PORT": str(taken), "SIGNALING_PRESENCE": "none"},
         )
-        self.assertNotEqual(port, taken.getsockname()[1])
+        self.assertNotEqual(port, taken)
         url = f"ws://127.0.0.1:{port}/"
         alice = yield self.register(url, "alice")
         yield self.register(url, "bob")
@@ -136,11 +131,7 @@ class ServeTests(ProcessTestCase):
         )
 
     def test_port_in_use_exits(self):
-        taken = socket.socket()
-        self.addCleanup(taken.close)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        number = str(taken.getsockname()[1])
+        number = str(occupied_port(self))
         server = self.spawn(TWISTD, "--port", number, "--interface", "127.0.0.1", "--db", ":memory:")
         code = server.wait_exit_blocking()
         self.assertNotEqual(code, 0, server.log)
@@ -148,8 +139,7 @@ class ServeTests(ProcessTestCase):
         self.assertIn(number, server.log)
 
     def test_corrupt_db_refused_and_left_alone(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = self.mkdtemp()
         path = os.path.join(directory, "offline.sqlite")
         content = b"not a database\n" * 50
         with open(path, "wb") as f:
@@ -166,29 +156,18 @@ class ServeTests(ProcessTestCase):
 
 class HelpTests(ProcessTestCase):
     def test_twistd_lists_the_plugin(self):
-        result = run(TWISTD_ONLY, ["--help"], self.mktemp_dir())
+        result = run(TWISTD_ONLY, ["--help"], self.mkdtemp())
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertRegex(result.stdout, r"(?m)^\s+signaling\s+\S")
 
     def test_plugin_help_mentions_every_option(self):
-        result = run(TWISTD, ["--help"], self.mktemp_dir())
+        result = run(TWISTD, ["--help"], self.mkdtemp())
         self.assertEqual(result.returncode, 0, result.stderr)
         names = [name.rstrip("=") for name in Options().longOpt]
         self.assertGreater(len(names), 20)
         missing = [name for name in names if f"--{name}" not in result.stdout]
         self.assertEqual(missing, [], result.stdout)
         self.assertIn("SIGNALING_", result.stdout)
-
-    def mktemp_dir(self):
-        path = self.mktemp()
-        os.makedirs(path)
-        return path
-
-
-def last_line(text):
-    """The last non-empty line of ``text``."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 class BadValueTests(ProcessTestCase):
@@ -207,8 +186,7 @@ class BadValueTests(ProcessTestCase):
 
     def run_all(self, cases):
         """Run twistd once per case, all at once; [(case, exit status, output)]."""
-        directory = self.mktemp()
-        os.makedirs(directory)
+        directory = self.mkdtemp()
         children = []
         for args, env, _ in cases:
             argv = [sys.executable, *TWISTD, "--db", ":memory:", "--interface", "127.0.0.1", *args]

@@ -5,18 +5,16 @@ Certificate renewal on SIGHUP is tested on a real ``twistd`` process.
 """
 
 import json
-import os
 import signal
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.web.client import Agent
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from certs import PKI, pem_certificate
-from helpers import ConnectionRefused, ServerTestCase, connect, read_body
+from helpers import ConnectionRefused, ServerTestCase, connect, http_get
 from processes import TWISTD, ProcessTestCase, SystemTempMixin
 
 
@@ -58,13 +56,9 @@ class WssTests(SystemTempMixin, ServerTestCase):
         self.start_server(**overrides)
         return f"wss://127.0.0.1:{self.port}/"
 
-    @defer.inlineCallbacks
     def wss_register(self, url, peer_id):
-        client = yield connect(url, context_factory=self.trust)
-        self.clients.append(client)
-        client.send({"type": "register", "peerId": peer_id})
-        yield client.expect("registered")
-        return client
+        """A client that trusts only the test root, registered as ``peer_id``."""
+        return self.register(peer_id, url=url, context_factory=self.trust)
 
     @defer.inlineCallbacks
     def assert_talk(self, first_url, second_url):
@@ -115,10 +109,8 @@ class WssTests(SystemTempMixin, ServerTestCase):
         url = self.start_tls(tls_cert=str(self.files.fullchain), tls_key=str(self.files.key))
         yield self.wss_register(url, "alice")
         agent = Agent(reactor, contextFactory=TrustRootPolicy(self.trust))
-        response = yield agent.request(
-            b"GET", f"https://127.0.0.1:{self.port}/health".encode(), Headers({})
-        )
-        body = json.loads((yield read_body(response)))
+        response, body = yield http_get(f"https://127.0.0.1:{self.port}/health", agent=agent)
+        body = json.loads(body)
         self.assertEqual(response.code, 200)
         self.assertEqual(body["status"], "healthy")
         self.assertEqual(body["connections"]["current"], 1)
@@ -150,7 +142,7 @@ class RenewalTests(ProcessTestCase):
     @defer.inlineCallbacks
     def test_sighup_renews_and_broken_files_keep_the_old_certificate(self):
         pki = PKI.create()
-        first = pki.write(os.path.abspath(self.mktemp()))
+        first = pki.write(self.mktemp())
         trust = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pki.root_pem))
         server, port = yield self.start(
             TWISTD, "--port", "0", "--db", ":memory:",
