@@ -257,14 +257,11 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(code, 0, err.decode()[-2000:] + out.decode()[-3000:])
         self.assertEqual([x["ok"] for x in lines], [True, True, True])
 
-
     OFFLINE = ("--scenario", "offline", "--pairs", "5", "--rate", "200", "--senders", "2", "--offline-window", "4",
                "--duration", "1", "--baseline", "0.5", "--check-targets", "3", "--drain", "3", "--json-only")
 
     @defer.inlineCallbacks
     def test_offline_against_the_real_server(self) -> defer.Generator:
-        if importlib.util.find_spec("signaling.__main__") is None:
-            raise unittest.SkipTest("python -m signaling does not exist yet")
         out, err, code = yield self._bench(*self.OFFLINE)
         (line,) = self._lines(out)
         self.assertEqual(code, 0, err.decode()[-2000:] + out.decode()[-3000:])
