@@ -27,12 +27,80 @@ from .origins import OriginPolicy
 from .proxies import ProxyPolicy
 from .ratelimit import AddressCounter
 
-__all__ = ["SignalingProtocol", "SignalingFactory", "ConnectionGate", "unsent_bytes"]
+__all__ = [
+    "SignalingProtocol",
+    "SignalingFactory",
+    "ConnectionGate",
+    "unsent_bytes",
+    "text_frame",
+    "unmask",
+]
 
 #: Close code for a client that cannot keep up with its messages.
 CLOSE_SLOW_CONSUMER = 1013
 
 _log = Logger()
+
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_NO_MASK = b"\x00\x00\x00\x00"
+
+#: Handshake leftovers Autobahn keeps on the protocol for its test suite;
+#: dropped once the connection is open (they are most of an idle
+#: connection's memory).
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data", "http_headers", "http_request_uri", "http_request_path",
+    "http_request_params", "http_request_host", "http_response_data",
+    "http_status_line", "websocket_extensions", "websocket_protocols",
+    "websocket_origin", "_wskey",
+)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """
+    One unmasked FIN text frame holding ``payload``: byte for byte what
+    Autobahn's ``sendMessage`` writes for a server without compression.
+    """
+    n = len(payload)
+    if n <= 125:
+        return bytes((0x81, n)) + payload
+    if n <= 0xFFFF:
+        return bytes((0x81, 126, n >> 8, n & 0xFF)) + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+def unmask(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the repeated 4-byte WebSocket ``mask``."""
+    if mask == _NO_MASK:
+        return data
+    n = len(data)
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        n, "little"
+    )
+
+
+class _FrameCache:
+    """
+    The frame of the last payload sent: a fan-out hands the same ``bytes``
+    object to every recipient, so it is framed once. Identity, not equality,
+    is compared; holding the payload keeps its id from being reused.
+    """
+
+    __slots__ = ("payload", "frame")
+
+    def __init__(self) -> None:
+        self.payload: bytes | None = None
+        self.frame = b""
+
+    def frame_of(self, payload: bytes) -> bytes:
+        """The text frame for ``payload``, built once per distinct payload object."""
+        if payload is not self.payload:
+            self.frame = text_frame(payload)
+            self.payload = payload
+        return self.frame
+
+
+_frames = _FrameCache()
 
 
 class ConnectionGate:
@@ -80,6 +148,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     peer_address = "unknown"
     _client_host: str | None = None
     _query_token: str | None = None
+    _fast = False
+    _fast_limit = 0
 
     def onConnect(self, request: Any) -> None:
         factory: SignalingFactory = self.factory
@@ -105,12 +175,76 @@ class SignalingProtocol(WebSocketServerProtocol):
         raise ConnectionDeny(code, text)
 
     def onOpen(self) -> None:
+        for name in _HANDSHAKE_LEFTOVERS:
+            self.__dict__.pop(name, None)
+        self._fast = _fast_path_possible(self)
         hub = self.factory.hub
         self.session = hub.connect(self, self.peer_address)
         if self._query_token is not None:
             hub.authenticate(self.session, self._query_token)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the transport. While the connection is open and Autobahn's
+        parser stands between frames, complete small masked FIN text/binary
+        frames are handled here; anything else (control frames, fragments,
+        oversize or unmasked frames, invalid UTF-8 text, partial frames) goes
+        to Autobahn, from the first such frame on, with the same outcome.
+        """
+        if (
+            self._fast
+            and self.state == _STATE_OPEN
+            and self.current_frame is None
+            and not self.inside_message
+            and not self.data
+        ):
+            data = self._fast_frames(data)
+            if not data:
+                return
+        self._dataReceived(data)
+
+    def _fast_frames(self, buf: bytes) -> bytes:
+        """Handle the leading simple frames of ``buf``; return the rest."""
+        n = len(buf)
+        pos = 0
+        limit = self._fast_limit
+        on_message = self.onMessage
+        while n - pos >= 6:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80:
+                break
+            length = b1 & 0x7F
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                if n - pos < 8:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                if length < 126:
+                    break
+                start = pos + 4
+            else:
+                break
+            end = start + 4 + length
+            if length > limit or end > n:
+                break
+            payload = unmask(buf[start + 4:end], buf[start:start + 4])
+            if b0 == 0x81:
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break
+                pos = end
+                on_message(text, False)
+            else:
+                pos = end
+                on_message(payload, True)
+            if self.state != _STATE_OPEN:
+                break
+        return buf[pos:] if pos else buf
+
+    def onMessage(self, payload: bytes | str, isBinary: bool) -> None:
         started = perf_counter()
         hub: Hub = self.factory.hub
         session = self.session
@@ -148,10 +282,14 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def send(self, data: bytes) -> None:
         """Send one text frame; close a client that lets too much pile up."""
-        if self.state != WebSocketProtocol.STATE_OPEN:
+        if self.state != _STATE_OPEN:
             return
-        self.sendMessage(data)
-        if unsent_bytes(self.transport) > self.factory.max_send_buffer:
+        transport = self.transport
+        if self._fast and len(data) <= self._fast_limit:
+            transport.write(_frames.frame_of(data))
+        else:
+            self.sendMessage(data)
+        if unsent_bytes(transport) > self.factory.max_send_buffer:
             log_event(_log, "limit", peer=self.peer_address, limit="slow_consumer")
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
@@ -168,6 +306,30 @@ class SignalingProtocol(WebSocketServerProtocol):
         """Send a heartbeat ping."""
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendPing()
+
+
+def _fast_path_possible(protocol: SignalingProtocol) -> bool:
+    """
+    Whether frames may bypass Autobahn on this connection: nothing that
+    Autobahn's frame path would do besides framing is switched on.
+    """
+    if (
+        protocol._perMessageCompress is not None
+        or protocol.logOctets
+        or protocol.logFrames
+        or protocol.trackedTimings
+        or protocol.autoPingInterval
+        or protocol.autoFragmentSize
+        or protocol.maskServerFrames
+        or not protocol.requireMaskedClientFrames
+        or not protocol.utf8validateIncoming
+        or not protocol.applyMask
+        or protocol.websocket_version == 0
+    ):
+        return False
+    limits = [size for size in (protocol.maxMessagePayloadSize, protocol.maxFramePayloadSize) if size > 0]
+    protocol._fast_limit = min(limits) if limits else 0xFFFF
+    return True
 
 
 def unsent_bytes(transport: Any) -> int:
