@@ -51,7 +51,11 @@ class RootResource(Resource):
     def render(self, request: Request) -> Any:
         upgrade = request.getHeader("upgrade")
         if self._websocket is not None and upgrade is not None and upgrade.lower() == "websocket":
-            return self._websocket.render(request)
+            result = self._websocket.render(request)
+            # The WebSocket protocol owns the socket now; the channel's idle
+            # timer would otherwise keep it and this request alive for hours.
+            request.channel.setTimeout(None)
+            return result
         request.setHeader(b"access-control-allow-origin", self._cors_origin)
         if self._cors_origin != b"*":
             request.setHeader(b"vary", b"Origin")

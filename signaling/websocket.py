@@ -150,6 +150,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     _query_token: str | None = None
     _fast = False
     _fast_limit = 0
+    _sinks: tuple[Any, ...] | None = None
 
     def onConnect(self, request: Any) -> None:
         factory: SignalingFactory = self.factory
@@ -175,9 +176,13 @@ class SignalingProtocol(WebSocketServerProtocol):
         raise ConnectionDeny(code, text)
 
     def onOpen(self) -> None:
+        state = self.__dict__
         for name in _HANDSHAKE_LEFTOVERS:
-            self.__dict__.pop(name, None)
+            state.pop(name, None)
+        # A dict never shrinks by deleting keys: rebuild it at its new size.
+        self.__dict__ = dict(state)
         self._fast = _fast_path_possible(self)
+        self._sinks = _write_buffers(self.transport)
         hub = self.factory.hub
         self.session = hub.connect(self, self.peer_address)
         if self._query_token is not None:
@@ -284,12 +289,19 @@ class SignalingProtocol(WebSocketServerProtocol):
         """Send one text frame; close a client that lets too much pile up."""
         if self.state != _STATE_OPEN:
             return
-        transport = self.transport
         if self._fast and len(data) <= self._fast_limit:
-            transport.write(_frames.frame_of(data))
+            frames = _frames
+            self.transport.write(frames.frame if data is frames.payload else frames.frame_of(data))
         else:
             self.sendMessage(data)
-        if unsent_bytes(transport) > self.factory.max_send_buffer:
+        sinks = self._sinks
+        if sinks is None:
+            unsent = unsent_bytes(self.transport)
+        else:
+            unsent = 0
+            for sink in sinks:
+                unsent += len(sink.dataBuffer) - sink.offset + sink._tempDataLen
+        if unsent > self.factory.max_send_buffer:
             log_event(_log, "limit", peer=self.peer_address, limit="slow_consumer")
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
@@ -332,6 +344,22 @@ def _fast_path_possible(protocol: SignalingProtocol) -> bool:
     return True
 
 
+def _write_buffers(transport: Any) -> tuple[Any, ...] | None:
+    """
+    The transports under ``transport`` that buffer written bytes, when all of
+    them are Twisted file descriptors; ``None`` when :func:`unsent_bytes`
+    must be asked each time.
+    """
+    found = []
+    while transport is not None:
+        if hasattr(transport, "dataBuffer"):
+            if not (hasattr(transport, "offset") and hasattr(transport, "_tempDataLen")):
+                return None
+            found.append(transport)
+        transport = getattr(transport, "transport", None)
+    return tuple(found)
+
+
 def unsent_bytes(transport: Any) -> int:
     """
     Bytes written to ``transport`` (and the transports it wraps, such as TLS
@@ -365,6 +393,7 @@ class SignalingFactory(WebSocketServerFactory):
         self.gate = gate
         self.metrics = metrics
         self.max_send_buffer = max_send_buffer
+        self._baked: type | None = None
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
@@ -373,3 +402,18 @@ class SignalingFactory(WebSocketServerFactory):
             autoPingInterval=0,
             closeHandshakeTimeout=1,
         )
+
+    def setProtocolOptions(self, **options: Any) -> None:
+        """
+        Autobahn's protocol options, also set as class attributes of this
+        factory's protocol class: Autobahn then leaves them there instead of
+        copying some thirty of them into every connection's ``__dict__``.
+        """
+        super().setProtocolOptions(**options)
+        if "hub" not in self.__dict__:
+            return  # still inside WebSocketServerFactory.__init__
+        base = self.protocol
+        if base is self._baked:
+            base = base.__bases__[0]
+        options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
+        self.protocol = self._baked = type(base.__name__, (base,), options)
