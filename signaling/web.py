@@ -52,9 +52,14 @@ class RootResource(Resource):
         upgrade = request.getHeader("upgrade")
         if self._websocket is not None and upgrade is not None and upgrade.lower() == "websocket":
             result = self._websocket.render(request)
-            # The WebSocket protocol owns the socket now; the channel's idle
-            # timer would otherwise keep it and this request alive for hours.
-            request.channel.setTimeout(None)
+            # The WebSocket protocol owns the socket now. The HTTP channel's
+            # idle timer and its registration as the socket's producer would
+            # keep it and this request alive for hours, and cost every write.
+            channel = request.channel
+            channel.setTimeout(None)
+            transport = request.transport
+            if getattr(transport, "producer", None) is channel:
+                transport.unregisterProducer()
             return result
         request.setHeader(b"access-control-allow-origin", self._cors_origin)
         if self._cors_origin != b"*":

@@ -343,3 +343,32 @@ class OutboundFrames(unittest.TestCase):
             expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
             self.assertEqual(unmask(data, mask), expected)
         self.assertEqual(unmask(b"abc", b"\x00\x00\x00\x00"), b"abc")
+
+
+class EncodeTests(unittest.TestCase):
+    """The encoder built once writes what ``json.JSONEncoder`` writes."""
+
+    def test_same_bytes_as_json_encoder(self) -> None:
+        reference = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+        from signaling.messages import encode
+
+        for message in (
+            {"type": "offer", "sdp": "v=0\r\n\u00e9\u2028\ud83d\ude00", "n": [1, 2.5, -0.0, 1e16]},
+            {"type": "x", "nested": {"a": [{"b": None, "c": True}]}, "big": 10**30},
+            {"type": "lone", "s": "\ud800"},
+            {},
+        ):
+            self.assertEqual(encode(message), reference.encode(message).encode("ascii"))
+
+    def test_non_finite_refused(self) -> None:
+        from signaling.messages import encode
+
+        for value in (float("nan"), float("inf")):
+            with self.assertRaises(ValueError):
+                encode({"type": "x", "v": value})
+
+    def test_unserializable_refused(self) -> None:
+        from signaling.messages import encode
+
+        with self.assertRaises(TypeError):
+            encode({"type": "x", "v": object()})
