@@ -5,6 +5,12 @@ decodes frames, hands them to the hub and is the hub's
 
 Protocol rules live in :mod:`signaling.hub`; the wire protocol is described in
 ``docs/protocol.md``.
+
+Autobahn does the handshake, control frames, fragmented, oversize and
+invalid frames. Two fast paths skip its per-frame Python work where the
+outcome cannot differ (``docs/performance.md``): complete small masked data
+frames are parsed here, and server frames are written straight to the
+transport, framed once per fan-out.
 """
 
 from __future__ import annotations
@@ -45,8 +51,7 @@ _STATE_OPEN = WebSocketProtocol.STATE_OPEN
 _NO_MASK = b"\x00\x00\x00\x00"
 
 #: Handshake leftovers Autobahn keeps on the protocol for its test suite;
-#: dropped once the connection is open (they are most of an idle
-#: connection's memory).
+#: dropped once the connection is open (about a kilobyte per connection).
 _HANDSHAKE_LEFTOVERS = (
     "http_request_data", "http_headers", "http_request_uri", "http_request_path",
     "http_request_params", "http_request_host", "http_response_data",
