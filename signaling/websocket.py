@@ -15,9 +15,11 @@ transport, framed once per fan-out.
 
 from __future__ import annotations
 
+from pprint import pformat
 from time import perf_counter
 from typing import Any
 
+import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -108,6 +110,20 @@ class _FrameCache:
 _frames = _FrameCache()
 
 
+class _LazyPformat:
+    """``pprint.pformat`` deferred until the text is actually needed."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pformat(self.value)
+
+    __repr__ = __str__
+
+
 class ConnectionGate:
     """
     Decides at the handshake whether a connection may open: origin
@@ -156,6 +172,21 @@ class SignalingProtocol(WebSocketServerProtocol):
     _fast = False
     _fast_limit = 0
     _sinks: tuple[Any, ...] | None = None
+
+    def _connectionMade(self) -> None:
+        # Autobahn pretty-prints its thirty-odd options for a debug line on
+        # every connection, eagerly: about 0.1 ms, a third of a connection's
+        # setup. The reactor is single-threaded, so the module's pformat can
+        # be made lazy for exactly this call.
+        eager = getattr(_autobahn_protocol, "pformat", None)
+        if eager is None:
+            super()._connectionMade()
+            return
+        _autobahn_protocol.pformat = _LazyPformat
+        try:
+            super()._connectionMade()
+        finally:
+            _autobahn_protocol.pformat = eager
 
     def onConnect(self, request: Any) -> None:
         factory: SignalingFactory = self.factory

@@ -372,3 +372,21 @@ class EncodeTests(unittest.TestCase):
 
         with self.assertRaises(TypeError):
             encode({"type": "x", "v": object()})
+
+
+class ConnectionSetupTests(unittest.TestCase):
+    """Autobahn's eager debug formatting is deferred, and only for the setup."""
+
+    def test_pformat_restored_and_lazy(self) -> None:
+        import pprint
+
+        import autobahn.websocket.protocol as autobahn_protocol
+
+        from signaling.websocket import _LazyPformat
+
+        proto, _ = connect()
+        self.assertIs(autobahn_protocol.pformat, pprint.pformat)
+        self.assertEqual(str(_LazyPformat([("a", 1)])), pprint.pformat([("a", 1)]))
+        self.assertEqual("{x}".format(x=_LazyPformat({"k": 2})), "{'k': 2}")
+        proto.connectionLost(Failure(ConnectionDone()))
+
