@@ -318,11 +318,17 @@ class Hub:
     def _reply(self, session: Session, message: dict[str, Any]) -> None:
         self._send(session, encode(message))
 
+    def _send_all(self, sessions: Any, data: bytes, exclude: Session | None) -> int:
+        """:meth:`_send` to many sessions: the same bytes object to each; returns how many."""
+        sent = 0
+        for session in sessions:
+            if session is not exclude and session.open:
+                session.conn.send(data)
+                sent += 1
+        return sent
+
     def _broadcast_peers(self, message: dict[str, Any], exclude: Session | None) -> None:
-        data = encode(message)
-        for peer in self.peers.values():
-            if peer is not exclude:
-                self._send(peer, data)
+        self._send_all(self.peers.values(), encode(message), exclude)
 
     # -- identity -----------------------------------------------------------
 

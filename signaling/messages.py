@@ -98,6 +98,28 @@ def _too_deep(text: str, message: Any) -> bool:
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+def _make_fast_encoder() -> Any:
+    """
+    The C encoder ``_encoder.encode`` builds on every call, built once: the
+    same output and errors (non-finite floats refused), minus the circular
+    reference bookkeeping, which decoded and hub-built messages never need.
+    ``None`` without the C accelerator.
+    """
+    try:
+        from json.encoder import c_make_encoder, encode_basestring_ascii
+
+        if c_make_encoder is None:
+            return None
+        return c_make_encoder(
+            None, _encoder.default, encode_basestring_ascii, None, ":", ",", False, False, False
+        )
+    except (ImportError, TypeError):
+        return None
+
+
+_fast_encoder = _make_fast_encoder()
+
+
 def decode(payload: bytes | str) -> dict[str, Any]:
     """
     Parse one frame into a message dict.
@@ -127,6 +149,8 @@ def decode(payload: bytes | str) -> dict[str, Any]:
 
 def encode(message: dict[str, Any]) -> bytes:
     """Serialize a message for the wire (compact JSON, ASCII-safe UTF-8)."""
+    if _fast_encoder is not None and type(message) is dict:
+        return "".join(_fast_encoder(message, 0)).encode("ascii")
     return _encoder.encode(message).encode("ascii")
 
 

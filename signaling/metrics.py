@@ -3,8 +3,10 @@ Prometheus metrics for one server instance.
 
 Every :class:`Metrics` owns its own ``CollectorRegistry``, so two services
 embedded in one process never clash and the global registry is never
-touched. The recording methods sit on the hot path: label children are bound
-once here and each call is one dict lookup and one increment.
+touched. The recording methods sit on the hot path: the per-message counters and the
+latency histogram are plain integers in dicts (no lock: the reactor thread is
+the only writer), turned into metric families by :class:`_HotCollector` at
+scrape time; the rare counters are ordinary ``prometheus_client`` counters.
 
 Label values are bounded: client-chosen message types outside
 :data:`KNOWN_MESSAGE_TYPES`, unknown error codes and unknown refusal reasons
@@ -13,17 +15,23 @@ are all counted as ``"other"``.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Callable, Iterable, Optional
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Histogram,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
@@ -144,6 +152,59 @@ class _LiveCollector:
             )
 
 
+class _HotCollector:
+    """
+    The per-message counters and the relay latency histogram as plain
+    numbers, exported under the same names a ``prometheus_client`` counter
+    and histogram would use.
+    """
+
+    def __init__(self) -> None:
+        known = sorted(KNOWN_MESSAGE_TYPES) + [OTHER]
+        self.received: dict[str, int] = dict.fromkeys(known, 0)
+        self.relayed: dict[str, int] = dict.fromkeys(known, 0)
+        #: observations per bucket (not cumulative); the last one is +Inf
+        self.buckets = [0] * (len(RELAY_LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def describe(self) -> list[Metric]:
+        """Name the families this collector yields (for clash checks)."""
+        return list(self.collect())
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the counters and the histogram as they are now."""
+        for name, text, values in (
+            ("messages_received", "Messages received from clients, by type.", self.received),
+            (
+                "messages_relayed",
+                "Messages delivered to a recipient (one per delivery), by type.",
+                self.relayed,
+            ),
+        ):
+            family = CounterMetricFamily(f"{NAMESPACE}_{name}", text, labels=["type"])
+            for label, count in list(values.items()):
+                family.add_metric([label], count)
+            yield family
+        cumulative = []
+        total = 0
+        for bound, count in zip(RELAY_LATENCY_BUCKETS + (float("inf"),), self.buckets):
+            total += count
+            cumulative.append((_bucket_label(bound), total))
+        yield HistogramMetricFamily(
+            f"{NAMESPACE}_relay_latency_seconds",
+            "Time from receiving a message to writing it to its recipients.",
+            buckets=cumulative,
+            sum_value=self.latency_sum,
+        )
+
+
+def _bucket_label(bound: float) -> str:
+    """The ``le`` label ``prometheus_client`` gives a bucket bound."""
+    if bound == float("inf"):
+        return "+Inf"
+    return repr(float(bound))
+
+
 class _WithoutCreated:
     """
     A view of a registry without the ``*_created`` samples of counters and
@@ -200,20 +261,6 @@ class Metrics:
             namespace=NAMESPACE,
             registry=reg,
         )
-        received = Counter(
-            "messages_received",
-            "Messages received from clients, by type.",
-            ["type"],
-            namespace=NAMESPACE,
-            registry=reg,
-        )
-        relayed = Counter(
-            "messages_relayed",
-            "Messages delivered to a recipient (one per delivery), by type.",
-            ["type"],
-            namespace=NAMESPACE,
-            registry=reg,
-        )
         errors = Counter(
             "errors",
             "Error messages sent to clients, by code.",
@@ -233,20 +280,14 @@ class Metrics:
             namespace=NAMESPACE,
             registry=reg,
         )
-        self._latency = Histogram(
-            "relay_latency_seconds",
-            "Time from receiving a message to writing it to its recipients.",
-            namespace=NAMESPACE,
-            registry=reg,
-            buckets=RELAY_LATENCY_BUCKETS,
-        )
+        self._hot = _HotCollector()
+        reg.register(self._hot)
+        self._received = self._hot.received
+        self._relayed = self._hot.relayed
+        self._buckets = self._hot.buckets
         self._refused = _children(refused, "reason", REFUSAL_REASONS)
-        self._received = _children(received, "type", KNOWN_MESSAGE_TYPES)
-        self._relayed = _children(relayed, "type", KNOWN_MESSAGE_TYPES)
         self._errors = _children(errors, "code", KNOWN_ERROR_CODES)
         self._refused_other = self._refused[OTHER]
-        self._received_other = self._received[OTHER]
-        self._relayed_other = self._relayed[OTHER]
         self._errors_other = self._errors[OTHER]
         self._live = _LiveCollector()
         reg.register(self._live)
@@ -268,11 +309,19 @@ class Metrics:
 
     def message_received(self, type: str) -> None:
         """Count one message received from a client."""
-        self._received.get(type, self._received_other).inc()
+        received = self._received
+        if type in received:
+            received[type] += 1
+        else:
+            received[OTHER] += 1
 
     def message_relayed(self, type: str, count: int = 1) -> None:
         """Count ``count`` deliveries of one message to recipients."""
-        self._relayed.get(type, self._relayed_other).inc(count)
+        relayed = self._relayed
+        if type in relayed:
+            relayed[type] += count
+        else:
+            relayed[OTHER] += count
 
     def error(self, code: str) -> None:
         """Count one error message sent to a client."""
@@ -288,7 +337,8 @@ class Metrics:
 
     def observe_relay_latency(self, seconds: float) -> None:
         """Record the time one message took from receipt to delivery."""
-        self._latency.observe(seconds)
+        self._buckets[bisect_left(RELAY_LATENCY_BUCKETS, seconds)] += 1
+        self._hot.latency_sum += seconds
 
     def bind(
         self,

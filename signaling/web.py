@@ -51,7 +51,16 @@ class RootResource(Resource):
     def render(self, request: Request) -> Any:
         upgrade = request.getHeader("upgrade")
         if self._websocket is not None and upgrade is not None and upgrade.lower() == "websocket":
-            return self._websocket.render(request)
+            result = self._websocket.render(request)
+            # The WebSocket protocol owns the socket now. The HTTP channel's
+            # idle timer and its registration as the socket's producer would
+            # keep it and this request alive for hours, and cost every write.
+            channel = request.channel
+            channel.setTimeout(None)
+            transport = request.transport
+            if getattr(transport, "producer", None) is channel:
+                transport.unregisterProducer()
+            return result
         request.setHeader(b"access-control-allow-origin", self._cors_origin)
         if self._cors_origin != b"*":
             request.setHeader(b"vary", b"Origin")

@@ -5,13 +5,21 @@ decodes frames, hands them to the hub and is the hub's
 
 Protocol rules live in :mod:`signaling.hub`; the wire protocol is described in
 ``docs/protocol.md``.
+
+Autobahn does the handshake, control frames, fragmented, oversize and
+invalid frames. Two fast paths skip its per-frame Python work where the
+outcome cannot differ (``docs/performance.md``): complete small masked data
+frames are parsed here, and server frames are written straight to the
+transport, framed once per fan-out.
 """
 
 from __future__ import annotations
 
+from pprint import pformat
 from time import perf_counter
 from typing import Any
 
+import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -27,12 +35,93 @@ from .origins import OriginPolicy
 from .proxies import ProxyPolicy
 from .ratelimit import AddressCounter
 
-__all__ = ["SignalingProtocol", "SignalingFactory", "ConnectionGate", "unsent_bytes"]
+__all__ = [
+    "SignalingProtocol",
+    "SignalingFactory",
+    "ConnectionGate",
+    "unsent_bytes",
+    "text_frame",
+    "unmask",
+]
 
 #: Close code for a client that cannot keep up with its messages.
 CLOSE_SLOW_CONSUMER = 1013
 
 _log = Logger()
+
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_NO_MASK = b"\x00\x00\x00\x00"
+
+#: Handshake leftovers Autobahn keeps on the protocol for its test suite;
+#: dropped once the connection is open (about a kilobyte per connection).
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data", "http_headers", "http_request_uri", "http_request_path",
+    "http_request_params", "http_request_host", "http_response_data",
+    "http_status_line", "websocket_extensions", "websocket_protocols",
+    "websocket_origin", "_wskey",
+)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """
+    One unmasked FIN text frame holding ``payload``: byte for byte what
+    Autobahn's ``sendMessage`` writes for a server without compression.
+    """
+    n = len(payload)
+    if n <= 125:
+        return bytes((0x81, n)) + payload
+    if n <= 0xFFFF:
+        return bytes((0x81, 126, n >> 8, n & 0xFF)) + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+def unmask(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the repeated 4-byte WebSocket ``mask``."""
+    if mask == _NO_MASK:
+        return data
+    n = len(data)
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        n, "little"
+    )
+
+
+class _FrameCache:
+    """
+    The frame of the last payload sent: a fan-out hands the same ``bytes``
+    object to every recipient, so it is framed once. Identity, not equality,
+    is compared; holding the payload keeps its id from being reused.
+    """
+
+    __slots__ = ("payload", "frame")
+
+    def __init__(self) -> None:
+        self.payload: bytes | None = None
+        self.frame = b""
+
+    def frame_of(self, payload: bytes) -> bytes:
+        """The text frame for ``payload``, built once per distinct payload object."""
+        if payload is not self.payload:
+            self.frame = text_frame(payload)
+            self.payload = payload
+        return self.frame
+
+
+_frames = _FrameCache()
+
+
+class _LazyPformat:
+    """``pprint.pformat`` deferred until the text is actually needed."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pformat(self.value)
+
+    __repr__ = __str__
 
 
 class ConnectionGate:
@@ -80,6 +169,24 @@ class SignalingProtocol(WebSocketServerProtocol):
     peer_address = "unknown"
     _client_host: str | None = None
     _query_token: str | None = None
+    _fast = False
+    _fast_limit = 0
+    _sinks: tuple[Any, ...] | None = None
+
+    def _connectionMade(self) -> None:
+        # Autobahn pretty-prints its thirty-odd options for a debug line on
+        # every connection, eagerly: about 0.1 ms, a third of a connection's
+        # setup. The reactor is single-threaded, so the module's pformat can
+        # be made lazy for exactly this call.
+        eager = getattr(_autobahn_protocol, "pformat", None)
+        if eager is None:
+            super()._connectionMade()
+            return
+        _autobahn_protocol.pformat = _LazyPformat
+        try:
+            super()._connectionMade()
+        finally:
+            _autobahn_protocol.pformat = eager
 
     def onConnect(self, request: Any) -> None:
         factory: SignalingFactory = self.factory
@@ -105,12 +212,85 @@ class SignalingProtocol(WebSocketServerProtocol):
         raise ConnectionDeny(code, text)
 
     def onOpen(self) -> None:
+        state = self.__dict__
+        for name in _HANDSHAKE_LEFTOVERS:
+            state.pop(name, None)
+        # Autobahn queues only synchronous or chopped writes, which this
+        # server never asks for; an empty tuple instead of a deque saves
+        # 760 bytes per connection and would fail loudly if one were queued.
+        if not self.send_queue:
+            state["send_queue"] = ()
+        # A dict never shrinks by deleting keys: rebuild it at its new size.
+        self.__dict__ = dict(state)
+        self._fast = _fast_path_possible(self)
+        self._sinks = _write_buffers(self.transport)
         hub = self.factory.hub
         self.session = hub.connect(self, self.peer_address)
         if self._query_token is not None:
             hub.authenticate(self.session, self._query_token)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the transport. While the connection is open and Autobahn's
+        parser stands between frames, complete small masked FIN text/binary
+        frames are handled here; anything else (control frames, fragments,
+        oversize or unmasked frames, invalid UTF-8 text, partial frames) goes
+        to Autobahn, from the first such frame on, with the same outcome.
+        """
+        if (
+            self._fast
+            and self.state == _STATE_OPEN
+            and self.current_frame is None
+            and not self.inside_message
+            and not self.data
+        ):
+            data = self._fast_frames(data)
+            if not data:
+                return
+        self._dataReceived(data)
+
+    def _fast_frames(self, buf: bytes) -> bytes:
+        """Handle the leading simple frames of ``buf``; return the rest."""
+        n = len(buf)
+        pos = 0
+        limit = self._fast_limit
+        on_message = self.onMessage
+        while n - pos >= 6:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80:
+                break
+            length = b1 & 0x7F
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                if n - pos < 8:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                if length < 126:
+                    break
+                start = pos + 4
+            else:
+                break
+            end = start + 4 + length
+            if length > limit or end > n:
+                break
+            payload = unmask(buf[start + 4:end], buf[start:start + 4])
+            if b0 == 0x81:
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break
+                pos = end
+                on_message(text, False)
+            else:
+                pos = end
+                on_message(payload, True)
+            if self.state != _STATE_OPEN:
+                break
+        return buf[pos:] if pos else buf
+
+    def onMessage(self, payload: bytes | str, isBinary: bool) -> None:
         started = perf_counter()
         hub: Hub = self.factory.hub
         session = self.session
@@ -148,10 +328,21 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def send(self, data: bytes) -> None:
         """Send one text frame; close a client that lets too much pile up."""
-        if self.state != WebSocketProtocol.STATE_OPEN:
+        if self.state != _STATE_OPEN:
             return
-        self.sendMessage(data)
-        if unsent_bytes(self.transport) > self.factory.max_send_buffer:
+        if self._fast and len(data) <= self._fast_limit:
+            frames = _frames
+            self.transport.write(frames.frame if data is frames.payload else frames.frame_of(data))
+        else:
+            self.sendMessage(data)
+        sinks = self._sinks
+        if sinks is None:
+            unsent = unsent_bytes(self.transport)
+        else:
+            unsent = 0
+            for sink in sinks:
+                unsent += len(sink.dataBuffer) - sink.offset + sink._tempDataLen
+        if unsent > self.factory.max_send_buffer:
             log_event(_log, "limit", peer=self.peer_address, limit="slow_consumer")
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
@@ -168,6 +359,46 @@ class SignalingProtocol(WebSocketServerProtocol):
         """Send a heartbeat ping."""
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendPing()
+
+
+def _fast_path_possible(protocol: SignalingProtocol) -> bool:
+    """
+    Whether frames may bypass Autobahn on this connection: nothing that
+    Autobahn's frame path would do besides framing is switched on.
+    """
+    if (
+        protocol._perMessageCompress is not None
+        or protocol.logOctets
+        or protocol.logFrames
+        or protocol.trackedTimings
+        or protocol.autoPingInterval
+        or protocol.autoFragmentSize
+        or protocol.maskServerFrames
+        or not protocol.requireMaskedClientFrames
+        or not protocol.utf8validateIncoming
+        or not protocol.applyMask
+        or protocol.websocket_version == 0
+    ):
+        return False
+    limits = [size for size in (protocol.maxMessagePayloadSize, protocol.maxFramePayloadSize) if size > 0]
+    protocol._fast_limit = min(limits) if limits else 0xFFFF
+    return True
+
+
+def _write_buffers(transport: Any) -> tuple[Any, ...] | None:
+    """
+    The transports under ``transport`` that buffer written bytes, when all of
+    them are Twisted file descriptors; ``None`` when :func:`unsent_bytes`
+    must be asked each time.
+    """
+    found = []
+    while transport is not None:
+        if hasattr(transport, "dataBuffer"):
+            if not (hasattr(transport, "offset") and hasattr(transport, "_tempDataLen")):
+                return None
+            found.append(transport)
+        transport = getattr(transport, "transport", None)
+    return tuple(found)
 
 
 def unsent_bytes(transport: Any) -> int:
@@ -203,6 +434,7 @@ class SignalingFactory(WebSocketServerFactory):
         self.gate = gate
         self.metrics = metrics
         self.max_send_buffer = max_send_buffer
+        self._baked: type | None = None
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
@@ -213,3 +445,18 @@ class SignalingFactory(WebSocketServerFactory):
             # Origins (including "null") are judged by OriginPolicy in onConnect.
             allowNullOrigin=True,
         )
+
+    def setProtocolOptions(self, **options: Any) -> None:
+        """
+        Autobahn's protocol options, also set as class attributes of this
+        factory's protocol class: Autobahn then leaves them there instead of
+        copying some thirty of them into every connection's ``__dict__``.
+        """
+        super().setProtocolOptions(**options)
+        if "hub" not in self.__dict__:
+            return  # still inside WebSocketServerFactory.__init__
+        base = self.protocol
+        if base is self._baked:
+            base = base.__bases__[0]
+        options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
+        self.protocol = self._baked = type(base.__name__, (base,), options)
