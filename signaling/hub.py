@@ -448,15 +448,11 @@ class Hub:
             return
         delivered_at = self.now_ms()
         for entry in entries:
-            self._reply(
+            self._send(
                 session,
-                {
-                    "type": "offline-message",
-                    "messageId": entry.message_id,
-                    "originalMessage": entry.message,
-                    "storedAt": int(entry.stored_at * 1000),
-                    "deliveredAt": delivered_at,
-                },
+                m.offline_delivery(
+                    entry.message_id, entry.body, int(entry.stored_at * 1000), delivered_at
+                ),
             )
         if not session.ack_mode:
             self.store.remove(peer_id, [entry.message_id for entry in entries])

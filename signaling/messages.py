@@ -17,6 +17,7 @@ __all__ = [
     "decode",
     "encode",
     "error_message",
+    "offline_delivery",
     "validate_id",
     "CONTROL_TYPES",
     "MAX_ID_LENGTH",
@@ -152,6 +153,20 @@ def encode(message: dict[str, Any]) -> bytes:
     if _fast_encoder is not None and type(message) is dict:
         return "".join(_fast_encoder(message, 0)).encode("ascii")
     return _encoder.encode(message).encode("ascii")
+
+
+def offline_delivery(
+    message_id: str, body: bytes, stored_at_ms: int, delivered_at_ms: int
+) -> bytes:
+    """
+    The encoded ``offline-message`` around a stored message that is already
+    encoded (``body``), without decoding it again; the same bytes as
+    encoding the whole envelope as a dict.
+    """
+    head = encode({"type": "offline-message", "messageId": message_id})
+    return b'%s,"originalMessage":%s,"storedAt":%d,"deliveredAt":%d}' % (
+        head[:-1], body, stored_at_ms, delivered_at_ms,
+    )
 
 
 def validate_id(value: Any, field: str) -> str:

@@ -16,7 +16,6 @@ gets the newest ``vN.sql``; an older one is upgraded step by step.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import sqlite3
@@ -29,7 +28,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .messages import encode
 from .store import IOfflineStore, MemoryQueues, QueueFull, StoredMessage, StoreLimits
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore", "StoreClosed", "StoreOpenError"]
@@ -338,7 +336,7 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise StoreOpenError(f"cannot load offline store {self.path!r}: {e}")
         for seq, recipient, message_id, stored_at, body in rows:
-            entry = StoredMessage(recipient, message_id, json.loads(body), stored_at, len(body))
+            entry = StoredMessage(recipient, message_id, body.encode("utf-8"), stored_at)
             self._index.add(entry)
             self._seqs[id(entry)] = seq
             self._next_seq = seq + 1
@@ -381,7 +379,7 @@ class SqliteStore:
             entry = self._index.make_entry(recipient, message_id, message, now)
         except QueueFull:
             return defer.fail()
-        body = encode(message).decode("ascii")
+        body = entry.body.decode("ascii")
         seq = self._next_seq
         self._next_seq += 1
         self._index.add(entry)

@@ -21,6 +21,7 @@ from signaling.messages import (
     ProtocolError,
     decode,
     encode,
+    offline_delivery,
     validate_id,
 )
 
@@ -288,3 +289,18 @@ class ValidateIdTests(SynchronousTestCase):
         self.assertIsInstance(result, str)
         self.assertTrue(0 < len(result) <= MAX_ID_LENGTH)
         self.assertTrue(result.isprintable())
+
+
+class OfflineDeliveryTests(SynchronousTestCase):
+    """The spliced offline-message envelope equals encoding it as a whole."""
+
+    @given(st.text(min_size=1, max_size=20),
+           st.dictionaries(st.text(max_size=5), st.text(max_size=10), max_size=4),
+           st.integers(0, 2**50), st.integers(0, 2**50))
+    def test_same_bytes_as_encoding_the_envelope(self, message_id, original, stored, delivered):
+        original = dict(original, type="offer")
+        expected = encode({
+            "type": "offline-message", "messageId": message_id, "originalMessage": original,
+            "storedAt": stored, "deliveredAt": delivered,
+        })
+        self.assertEqual(offline_delivery(message_id, encode(original), stored, delivered), expected)
