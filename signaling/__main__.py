@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    from .service import make_service, install_signal_handlers
+    from .service import freeze_startup_objects, install_signal_handlers, make_service
 
     observer = LOG_FORMATS[options["log-format"]](sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"signaling: cannot start: {e}", file=sys.stderr)
         return 1
     install_signal_handlers(reactor, service)
+    freeze_startup_objects()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0

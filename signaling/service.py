@@ -36,7 +36,10 @@ from .tls import ReloadableTLS, tls_from_options, tls_server_endpoint
 from .web import make_metrics_site, make_site
 from .websocket import ConnectionGate, SignalingFactory
 
-__all__ = ["make_service", "SignalingService", "Listener", "Timers"]
+__all__ = [
+    "make_service", "SignalingService", "Listener", "Timers", "Policies",
+    "install_signal_handlers", "freeze_startup_objects",
+]
 
 #: WebSocket close code sent to every client on shutdown ("going away").
 CLOSE_GOING_AWAY = 1001
@@ -328,6 +331,21 @@ class Timers:
         for _, call in self._tasks:
             if call.running:
                 call.stop()
+
+
+def freeze_startup_objects() -> None:
+    """
+    Move every object alive now (modules, classes, the service itself) out
+    of the garbage collector's sight. Called by the command-line entry points
+    once the server is built: a full collection then walks only what was
+    created since, which keeps its pauses on the reactor thread short
+    (measured in docs/offline-store.md). Embedders may call it after their own
+    start-up.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def install_signal_handlers(reactor: Any, service: SignalingService) -> None:

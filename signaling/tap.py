@@ -244,7 +244,7 @@ def makeService(options: Options) -> Any:
     """
     from twisted.internet import reactor
 
-    from .service import install_signal_handlers, make_service
+    from .service import freeze_startup_objects, install_signal_handlers, make_service
     from .sqlite_store import StoreOpenError
 
     assert options.config is not None
@@ -253,6 +253,7 @@ def makeService(options: Options) -> Any:
     except (StoreOpenError, ValueError, OSError) as e:
         raise SystemExit(f"signaling: cannot start: {e}")
     install_signal_handlers(reactor, service)
+    freeze_startup_objects()
     return _ExitIfCannotListen(service)
 
 
