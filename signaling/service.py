@@ -165,18 +165,22 @@ class SignalingService(MultiService):
             config.max_connections, config.max_connections_per_ip,
         )
         self.factory = SignalingFactory(
-            hub, gate, self.metrics, config.max_message_size, config.max_send_buffer
+            hub, gate, self.metrics, config.max_message_size, config.max_send_buffer,
+            config.handshake_timeout,
         )
         started_at = clock.seconds()
         ready = lambda: not self.draining  # noqa: E731
         self.site = make_site(
             hub, self.metrics, WebSocketResource(self.factory), started_at, ready, reactor
         )
+        # Connections start in the WebSocket protocol, which hands plain HTTP
+        # requests to the site: an upgrade is then parsed once, not twice.
+        self.factory.http_site = self.site
         self.listeners: list[Listener] = []
         if config.port is not None:
-            self._add_listener(self._default_endpoint(), self.site)
+            self._add_listener(self._default_endpoint(), self.factory)
         for description in config.listen:
-            self._add_listener(serverFromString(reactor, description), self.site)
+            self._add_listener(serverFromString(reactor, description), self.factory)
         if config.metrics_listen:
             metrics_site = make_metrics_site(hub, self.metrics, started_at, ready, reactor)
             for description in config.metrics_listen:
@@ -197,8 +201,8 @@ class SignalingService(MultiService):
             self.reactor, config.port, backlog=config.backlog, interface=config.interface
         )
 
-    def _add_listener(self, endpoint: Any, site: Any) -> None:
-        listener = Listener(endpoint, site)
+    def _add_listener(self, endpoint: Any, factory: Any) -> None:
+        listener = Listener(endpoint, factory)
         listener.setServiceParent(self)
         self.listeners.append(listener)
 

@@ -15,6 +15,7 @@ transport, framed once per fan-out.
 
 from __future__ import annotations
 
+import re
 from pprint import pformat
 from time import perf_counter
 from typing import Any
@@ -24,6 +25,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
 from .auth import token_from_query
@@ -50,6 +52,12 @@ CLOSE_SLOW_CONSUMER = 1013
 _log = Logger()
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_STATE_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+
+#: An ``Upgrade`` header naming websocket, in a request head.
+_UPGRADE_WEBSOCKET = re.compile(rb"\r\nupgrade:[^\r\n]*websocket", re.IGNORECASE)
+#: Longest request head looked at before Autobahn is left to refuse it.
+_MAX_HEAD = 16 * 1024
 _NO_MASK = b"\x00\x00\x00\x00"
 
 #: Handshake leftovers Autobahn keeps on the protocol for its test suite;
@@ -172,6 +180,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     _fast = False
     _fast_limit = 0
     _sinks: tuple[Any, ...] | None = None
+    _sniffing = True
+    _head = b""
 
     def _connectionMade(self) -> None:
         # Autobahn pretty-prints its thirty-odd options for a debug line on
@@ -229,15 +239,60 @@ class SignalingProtocol(WebSocketServerProtocol):
         if self._query_token is not None:
             hub.authenticate(self.session, self._query_token)
 
+    def onOpenHandshakeTimeout(self) -> None:
+        if self.state == _STATE_CONNECTING:
+            self.factory.metrics.connection_refused("handshake_timeout")
+        super().onOpenHandshakeTimeout()
+
+    def _sniff(self, data: bytes) -> bytes | None:
+        """
+        Wait for the request head; a WebSocket upgrade stays here (Autobahn
+        parses it once), anything else is handed to the HTTP site. Returns
+        the bytes for Autobahn, or None while waiting or once handed over.
+        """
+        head = self._head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0 and len(head) <= _MAX_HEAD:
+            self._head = head
+            return None
+        self._sniffing = False
+        self._head = b""
+        if end >= 0 and _UPGRADE_WEBSOCKET.search(head, 0, end + 2) is None:
+            self._become_http(head)
+            return None
+        return head
+
+    def _become_http(self, head: bytes) -> None:
+        """Give the connection, and the bytes read so far, to an HTTP channel."""
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.factory.countConnections -= 1
+        transport = self.transport
+        channel = self.factory.http_site.buildProtocol(transport.getPeer())
+        if isinstance(transport, ProtocolWrapper):
+            transport.wrappedProtocol = channel
+        elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+            transport.protocol.wrappedProtocol = channel
+        else:
+            transport.protocol = channel
+        channel.makeConnection(transport)
+        channel.dataReceived(head)
+
     def dataReceived(self, data: bytes) -> None:
         """
-        Bytes from the transport. While the connection is open and Autobahn's
+        Bytes from the transport. Until the request head is complete it is
+        only collected (see :meth:`_sniff`). While the connection is open and Autobahn's
         parser stands between frames, complete small masked FIN text/binary
         frames are handled here; anything else (control frames, fragments,
         oversize or unmasked frames, invalid UTF-8 text, partial frames) goes
         to Autobahn, from the first such frame on, with the same outcome.
         """
-        if (
+        if self._sniffing:
+            data = self._sniff(data)
+            if data is None:
+                return
+        elif (
             self._fast
             and self.state == _STATE_OPEN
             and self.current_frame is None
@@ -428,8 +483,12 @@ class SignalingFactory(WebSocketServerFactory):
         metrics: Metrics,
         max_message_size: int,
         max_send_buffer: int,
+        handshake_timeout: float,
     ) -> None:
         super().__init__()
+        #: The ``Site`` that answers plain HTTP requests on the same port
+        #: (set by the service once it is built).
+        self.http_site: Any = None
         self.hub = hub
         self.gate = gate
         self.metrics = metrics
@@ -442,6 +501,7 @@ class SignalingFactory(WebSocketServerFactory):
             failByDrop=False,
             autoPingInterval=0,
             closeHandshakeTimeout=1,
+            openHandshakeTimeout=handshake_timeout,
             # Origins (including "null") are judged by OriginPolicy in onConnect.
             allowNullOrigin=True,
         )

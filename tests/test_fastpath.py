@@ -115,7 +115,7 @@ def connect(protocol_class=Recording, max_message_size: int = 65536):
     metrics = Metrics(process=False)
     hub = Hub(config, clock, MemoryStore(), metrics)
     gate = ConnectionGate(OriginPolicy(), ProxyPolicy(), 0, 0)
-    factory = SignalingFactory(hub, gate, metrics, max_message_size, 1 << 20)
+    factory = SignalingFactory(hub, gate, metrics, max_message_size, 1 << 20, 10.0)
     factory.protocol = protocol_class
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))

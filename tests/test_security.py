@@ -386,7 +386,7 @@ class _Trickle(Protocol):
 
 
 class HandshakeTimeoutTests(ServerTestCase):
-    config = {"handshake_timeout": 0.3}
+    config = {"handshake_timeout": 1.0}
 
     @defer.inlineCallbacks
     def test_incomplete_request_head_is_cut(self):

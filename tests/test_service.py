@@ -196,3 +196,58 @@ class ListenTests(unittest.TestCase):
             client.send({"type": "ping"})
             yield client.expect("pong")
             yield client.drop()
+
+
+UPGRADE_REQUEST = (
+    b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _raw_exchange(port, chunks, until):
+    """Send ``chunks`` over one TCP connection (pausing between them); read until ``until``."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        received = b""
+        for chunk, wait_for_bytes in chunks:
+            sock.sendall(chunk)
+            time.sleep(0.05)
+            while wait_for_bytes and wait_for_bytes not in received:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                received += data
+        while until not in received:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+        return received
+
+
+class SamePortRoutingTests(ServerTestCase):
+    """Connections start as WebSocket; plain HTTP is handed over to the site."""
+
+    @defer.inlineCallbacks
+    def test_upgrade_head_in_pieces(self):
+        from twisted.internet.threads import deferToThread
+
+        pieces = [UPGRADE_REQUEST[:10], UPGRADE_REQUEST[10:60], UPGRADE_REQUEST[60:]]
+        received = yield deferToThread(
+            _raw_exchange, self.port, [(p, None) for p in pieces], b"\r\n\r\n")
+        self.assertTrue(received.startswith(b"HTTP/1.1 101"), received)
+
+    @defer.inlineCallbacks
+    def test_keep_alive_http_then_upgrade(self):
+        from twisted.internet.threads import deferToThread
+
+        received = yield deferToThread(
+            _raw_exchange, self.port,
+            [(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b'"healthy"'),
+             (UPGRADE_REQUEST, None)],
+            b"HTTP/1.1 101")
+        self.assertIn(b"HTTP/1.1 200", received)
+        self.assertIn(b'"status": "healthy"', received)
+        self.assertIn(b"HTTP/1.1 101", received)
