@@ -29,6 +29,7 @@ import json
 import sys
 from string import Formatter
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import IO, Any, Mapping
 
 from twisted.logger import (
@@ -108,8 +109,15 @@ def log_event(
 
 
 def _timestamp(event: Mapping[str, Any]) -> str:
-    when = datetime.fromtimestamp(event.get("log_time") or 0, timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    when = event.get("log_time") or 0
+    second = int(when)
+    return f"{_second_prefix(second)}{int((when - second) * 1000):03d}Z"
+
+
+@lru_cache(maxsize=4)
+def _second_prefix(second: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.`` in UTC, computed once per second, not per line."""
+    return datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def _level_name(event: Mapping[str, Any]) -> str | None:

@@ -16,10 +16,10 @@ transport, framed once per fan-out.
 from __future__ import annotations
 
 import re
-from pprint import pformat
 from time import perf_counter
 from typing import Any
 
+import autobahn.twisted.websocket as _autobahn_twisted
 import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -118,18 +118,43 @@ class _FrameCache:
 _frames = _FrameCache()
 
 
-class _LazyPformat:
-    """``pprint.pformat`` deferred until the text is actually needed."""
+class _Lazy:
+    """A text computed only when it is needed: ``str(function(value))``."""
 
-    __slots__ = ("value",)
+    __slots__ = ("function", "value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, function: Any, value: Any) -> None:
+        self.function = function
         self.value = value
 
     def __str__(self) -> str:
-        return pformat(self.value)
+        return str(self.function(self.value))
 
     __repr__ = __str__
+
+
+def _defer_autobahn_debug_formatting() -> None:
+    """
+    Autobahn builds the arguments of its debug log lines eagerly on every
+    connection: pretty-printed options and highlighted names (through
+    ``click`` when it is installed), a third of a connection's set-up cost
+    while debug logging is off. Its helpers are swapped for lazy ones that
+    give the same text when a line is really written. Idempotent.
+    """
+    for module, names in (
+        (_autobahn_protocol, ("pformat", "hltype", "hlval")),
+        (_autobahn_twisted, ("hltype", "hlval")),
+    ):
+        for name in names:
+            eager = getattr(module, name, None)
+            if eager is None or getattr(eager, "_signaling_lazy", False):
+                continue
+
+            def lazy(value: Any, eager: Any = eager) -> _Lazy:
+                return _Lazy(eager, value)
+
+            lazy._signaling_lazy = True  # type: ignore[attr-defined]
+            setattr(module, name, lazy)
 
 
 class ConnectionGate:
@@ -182,21 +207,6 @@ class SignalingProtocol(WebSocketServerProtocol):
     _sinks: tuple[Any, ...] | None = None
     _sniffing = True
     _head = b""
-
-    def _connectionMade(self) -> None:
-        # Autobahn pretty-prints its thirty-odd options for a debug line on
-        # every connection, eagerly: about 0.1 ms, a third of a connection's
-        # setup. The reactor is single-threaded, so the module's pformat can
-        # be made lazy for exactly this call.
-        eager = getattr(_autobahn_protocol, "pformat", None)
-        if eager is None:
-            super()._connectionMade()
-            return
-        _autobahn_protocol.pformat = _LazyPformat
-        try:
-            super()._connectionMade()
-        finally:
-            _autobahn_protocol.pformat = eager
 
     def onConnect(self, request: Any) -> None:
         factory: SignalingFactory = self.factory
@@ -486,6 +496,7 @@ class SignalingFactory(WebSocketServerFactory):
         handshake_timeout: float,
     ) -> None:
         super().__init__()
+        _defer_autobahn_debug_formatting()
         #: The ``Site`` that answers plain HTTP requests on the same port
         #: (set by the service once it is built).
         self.http_site: Any = None

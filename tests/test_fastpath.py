@@ -375,18 +375,20 @@ class EncodeTests(unittest.TestCase):
 
 
 class ConnectionSetupTests(unittest.TestCase):
-    """Autobahn's eager debug formatting is deferred, and only for the setup."""
+    """Autobahn's eager debug formatting is deferred and still gives the same text."""
 
-    def test_pformat_restored_and_lazy(self) -> None:
+    def test_debug_helpers_lazy_with_same_text(self) -> None:
         import pprint
 
+        import autobahn.twisted.websocket as autobahn_twisted
         import autobahn.websocket.protocol as autobahn_protocol
+        from autobahn.util import hltype, hlval
 
-        from signaling.websocket import _LazyPformat
-
-        proto, _ = connect()
-        self.assertIs(autobahn_protocol.pformat, pprint.pformat)
-        self.assertEqual(str(_LazyPformat([("a", 1)])), pprint.pformat([("a", 1)]))
-        self.assertEqual("{x}".format(x=_LazyPformat({"k": 2})), "{'k': 2}")
+        proto, _ = connect()  # builds a factory, which swaps the helpers
+        value = {"k": [1, 2]}
+        self.assertEqual(str(autobahn_protocol.pformat(value)), pprint.pformat(value))
+        self.assertEqual(str(autobahn_protocol.hltype(connect)), hltype(connect))
+        self.assertEqual(str(autobahn_twisted.hlval("peer")), hlval("peer"))
+        self.assertEqual("{x}".format(x=autobahn_twisted.hltype(connect)), hltype(connect))
         proto.connectionLost(Failure(ConnectionDone()))
 
