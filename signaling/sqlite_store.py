@@ -130,33 +130,28 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
 
 
 def _run_script(conn: sqlite3.Connection, script: str, version: int) -> None:
-    """Run ``script`` and set the version, all in one transaction."""
+    """Run ``script`` and set the version, all in one transaction (rolled back on error)."""
     # executescript commits on its own, so the transaction is spelled out.
-    conn.executescript(
-        "BEGIN IMMEDIATE;\n"
-        + script
-        + f"\nDELETE FROM `version`;\nINSERT INTO `version` VALUES ({int(version)});\nCOMMIT;"
-    )
-
-
-def _create(conn: sqlite3.Connection) -> None:
     try:
-        _run_script(conn, read_schema(f"v{SCHEMA_VERSION}.sql"), SCHEMA_VERSION)
+        conn.executescript(
+            "BEGIN IMMEDIATE;\n"
+            + script
+            + f"\nDELETE FROM `version`;\nINSERT INTO `version` VALUES ({int(version)});\nCOMMIT;"
+        )
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
 
 
+def _create(conn: sqlite3.Connection) -> None:
+    _run_script(conn, read_schema(f"v{SCHEMA_VERSION}.sql"), SCHEMA_VERSION)
+
+
 def _upgrade(conn: sqlite3.Connection, version: int) -> None:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         _log.info("upgrading offline store schema to v{version}", version=target)
-        try:
-            _run_script(conn, read_schema(f"upgrade-to-v{target}.sql"), target)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        _run_script(conn, read_schema(f"upgrade-to-v{target}.sql"), target)
 
 
 class _Index(MemoryQueues):
