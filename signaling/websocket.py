@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from time import perf_counter
+from types import FunctionType
 from typing import Any
 
 import autobahn.twisted.websocket as _autobahn_twisted
@@ -529,5 +530,10 @@ class SignalingFactory(WebSocketServerFactory):
         base = self.protocol
         if base is self._baked:
             base = base.__bases__[0]
-        options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
+        options = {}
+        for name in base.CONFIG_ATTRS:
+            value = getattr(self, name)
+            # A function stored on a class would become a method and get the
+            # connection as an extra argument (perMessageCompressionAccept).
+            options[name] = staticmethod(value) if isinstance(value, FunctionType) else value
         self.protocol = self._baked = type(base.__name__, (base,), options)

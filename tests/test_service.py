@@ -251,3 +251,24 @@ class SamePortRoutingTests(ServerTestCase):
         self.assertIn(b"HTTP/1.1 200", received)
         self.assertIn(b'"status": "healthy"', received)
         self.assertIn(b"HTTP/1.1 101", received)
+
+
+class BrowserLikeClientTests(ServerTestCase):
+    """Browsers always offer permessage-deflate; the server declines it and talks plainly."""
+
+    @defer.inlineCallbacks
+    def test_client_offering_permessage_deflate(self):
+        client = yield self.connect(client_class=DeflateOfferingClient)
+        client.send({"type": "register", "peerId": "browser"})
+        yield client.expect("registered")
+        self.assertIsNone(client._perMessageCompress)
+
+
+class DeflateOfferingClient(Client):
+    """A client whose opening handshake offers permessage-deflate."""
+
+    def _connectionMade(self):
+        from autobahn.websocket.compress import PerMessageDeflateOffer
+
+        self.perMessageCompressionOffers = [PerMessageDeflateOffer()]
+        super()._connectionMade()
