@@ -2,6 +2,9 @@
 A real browser as the client: headless Chromium runs a page whose two
 ``WebSocket`` objects register, see each other's presence and relay an
 offer, the way a web application uses the server.
+
+Not collected by the default run (it needs Debian's ``chromium``); run it
+with ``python -m pytest -q tests/browser_check.py``.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class BrowserTests(ServerTestCase):
 
     @defer.inlineCallbacks
     def test_chromium_registers_sees_presence_and_relays(self):
-        self.assertIsNotNone(CHROMIUM, "Chromium is needed for this test (.ci/run installs it)")
+        self.assertIsNotNone(CHROMIUM, "Chromium is needed for this check: apt-get install chromium")
         page = _Page((PAGE % {"port": self.port}).encode())
         port = reactor.listenTCP(0, Site(page), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
