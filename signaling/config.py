@@ -7,7 +7,7 @@ Every limit of the server has its one default here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Config"]
@@ -141,24 +141,9 @@ class Config:
             raise ValueError("--presence must be 'all' or 'none'")
         if not self.db:
             raise ValueError("--db must be a file path or ':memory:'")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("--tls-cert and --tls-key must be given together")
-        if self.tls_chain and not self.tls_cert:
-            raise ValueError("--tls-chain needs --tls-cert and --tls-key")
         for origin in self.allowed_origins:
             if not origin or origin != origin.strip():
                 raise ValueError(f"--allowed-origin {origin!r} is not an origin")
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        """Names of every setting, as dataclass field names."""
-        return [f.name for f in fields(cls)]
-
-    def replace(self, **changes: Any) -> "Config":
-        """A copy with some settings changed (validated again)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return Config(**values)
 
 
 def _option(name: str) -> str:

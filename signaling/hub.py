@@ -613,13 +613,7 @@ class Hub:
     def _broadcast_room(
         self, members: dict[str, Session], message: dict[str, Any], exclude: Session | None
     ) -> int:
-        data = encode(message)
-        sent = 0
-        for member in members.values():
-            if member is not exclude:
-                self._send(member, data)
-                sent += 1
-        return sent
+        return self._send_all(members.values(), encode(message), exclude)
 
     def _relay_to_room(self, session: Session, message: dict[str, Any]) -> None:
         room_id = validate_id(message["roomId"], "roomId")
