@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     observer = LOG_FORMATS[options["log-format"]](sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     try:
-        service = make_service(options.config, reactor)
+        service = make_service(options.config, reactor, policies=options.policies)
         service.privilegedStartService()
         service.startService()
     except Exception as e:

@@ -22,9 +22,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from signaling.messages import UNAUTHORIZED, ProtocolError, validate_id
+from signaling.config import MAX_TOKEN_LENGTH
+from signaling.messages import (
+    FORBIDDEN, INVALID_FIELD, UNAUTHORIZED, ProtocolError, validate_id,
+)
 
 __all__ = [
+    "Authorizer",
     "DEFAULT_LEEWAY",
     "MAX_TOKEN_LENGTH",
     "MIN_SECRET_BYTES",
@@ -35,9 +39,6 @@ __all__ = [
 
 #: Seconds of clock skew tolerated on ``exp`` and ``nbf``.
 DEFAULT_LEEWAY = 30.0
-
-#: Longest token looked at; anything longer is refused before any crypto.
-MAX_TOKEN_LENGTH = 8192
 
 #: Shortest HS256 secret accepted (RFC 7518 section 3.2: at least the hash size).
 MIN_SECRET_BYTES = 32
@@ -288,3 +289,54 @@ def token_from_query(
     if len(tokens) > 1:
         raise _unauthorized("more than one token given")
     return tokens.pop() if tokens else None
+
+
+class Authorizer:
+    """
+    The token rules of the protocol (PROTOCOL section 8) for one server: which
+    id and rooms a connection may bind, given the token it presented in the
+    upgrade URL or in a ``token`` field. Without a verifier everything is
+    allowed.
+    """
+
+    def __init__(self, verifier: TokenVerifier | None, required: bool, clock: Any) -> None:
+        self.verifier = verifier
+        self.required = required
+        self._clock = clock
+
+    def verify(self, token: Any) -> Grant:
+        """
+        What ``token`` grants now.
+
+        :raises ProtocolError: ``INVALID_FIELD`` for a token that is not a
+            string, ``UNAUTHORIZED`` for a bad one.
+        """
+        if not isinstance(token, str):
+            raise ProtocolError(INVALID_FIELD, "'token' must be a string")
+        assert self.verifier is not None
+        return self.verifier.verify(token, self._clock.seconds())
+
+    def authorize(self, session: Any, identity: str, message: Mapping[str, Any]) -> None:
+        """
+        Check that ``session`` may bind ``identity``; a ``token`` field in
+        ``message`` replaces the session's grant first.
+
+        :raises ProtocolError: ``UNAUTHORIZED`` (no or bad token where one is
+            required), ``FORBIDDEN`` (the token names another id).
+        """
+        if self.verifier is None:
+            return
+        if "token" in message:
+            session.grant = self.verify(message["token"])
+        grant = session.grant
+        if grant is None:
+            if self.required:
+                raise ProtocolError(UNAUTHORIZED, "a valid token is required")
+            return
+        if grant.subject != identity:
+            raise ProtocolError(FORBIDDEN, f"the token does not allow the id '{identity}'")
+
+    def check_room(self, session: Any, room_id: str) -> None:
+        """:raises ProtocolError: ``FORBIDDEN`` when the session's grant excludes ``room_id``."""
+        if session.grant is not None and not session.grant.allows_room(room_id):
+            raise ProtocolError(FORBIDDEN, f"the token does not allow room '{room_id}'")

@@ -2,7 +2,9 @@
 Server settings: one frozen, validated object built from the command line,
 the environment or code.
 
-Every limit of the server has its one default here.
+Every limit of the server has its one home here: the configurable ones as
+:class:`Config` fields with their defaults, the fixed ones (part of the
+protocol or of its security) as the constants below.
 """
 
 from __future__ import annotations
@@ -10,7 +12,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Config"]
+__all__ = [
+    "Config",
+    "MAX_ID_LENGTH",
+    "MAX_JSON_DEPTH",
+    "MAX_TOKEN_LENGTH",
+    "RATE_STRIKES",
+    "RATE_STRIKE_WINDOW",
+]
+
+#: Longest peer, user or room id accepted (PROTOCOL section 2).
+MAX_ID_LENGTH = 128
+
+#: Deepest nesting of arrays/objects accepted in a message. Far beyond any
+#: signaling message, and far below the interpreter's recursion limit, so
+#: encoding a decoded message again can never hit a RecursionError.
+MAX_JSON_DEPTH = 64
+
+#: Longest token looked at; anything longer is refused before any crypto.
+MAX_TOKEN_LENGTH = 8192
+
+#: ``RATE_LIMITED`` warnings a connection may ignore within
+#: :data:`RATE_STRIKE_WINDOW` seconds before it is closed with 1008.
+RATE_STRIKES = 20
+RATE_STRIKE_WINDOW = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +112,10 @@ class Config:
     handshake_timeout: float = 10.0
     #: Unsent bytes one connection may hold before it is closed with 1013.
     max_send_buffer: int = 1024 * 1024
+    #: Messages of one connection held back while an earlier request of it
+    #: is answered asynchronously (cluster mode); at this many the server
+    #: stops reading from that connection until they are handled.
+    max_waiting_messages: int = 256
     #: Largest ``deviceInfo`` object, in encoded bytes.
     max_device_info_bytes: int = 4096
     #: Leave ``deviceType``/``deviceInfo`` out of presence and peer lists.
@@ -107,6 +136,10 @@ class Config:
     turn_secret: str | None = None
     #: Seconds TURN credentials from ``/ice-servers`` stay valid.
     turn_ttl: float = 86400.0
+    #: Use the WebSocket fast path (:mod:`signaling.internals`) when the
+    #: installed Autobahn and Twisted are versions it was tested with; False
+    #: runs on Autobahn's public API only (same behaviour, slower).
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         if self.port is not None:
@@ -118,7 +151,8 @@ class Config:
                      "max_message_size", "max_rooms_per_connection",
                      "max_room_members", "peers_page_default", "peers_page_max"):
             _check_range(name, getattr(self, name), 1, None)
-        for name in ("max_send_buffer", "max_device_info_bytes", "rate_burst"):
+        for name in ("max_send_buffer", "max_device_info_bytes", "rate_burst",
+                     "max_waiting_messages"):
             _check_range(name, getattr(self, name), 1, None)
         for name in ("max_connections", "max_connections_per_ip"):
             _check_range(name, getattr(self, name), 0, None)

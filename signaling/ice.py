@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ice_servers_document", "turn_credentials", "validate_ice_url"]
+__all__ = ["IceServers", "ice_servers_document", "turn_credentials", "validate_ice_url"]
 
 _ICE_URL = re.compile(r"(stun|stuns|turn|turns):[^\s]+", re.ASCII)
 
@@ -67,25 +67,46 @@ def ice_servers_document(
     now: float,
 ) -> dict[str, Any]:
     """
-    The ``GET /ice-servers`` body, shaped for ``new RTCPeerConnection(...)``.
-
+    The ``GET /ice-servers`` body, shaped for ``new RTCPeerConnection(...)``:
     ``{"iceServers": [{"urls": [stun...]}, {"urls": [turn...], "username":
     ..., "credential": ...}], "ttl": ttl}``; an entry is left out when it has
-    no URLs.
+    no URLs. (A server builds :class:`IceServers` once instead.)
 
     :raises ValueError: a URL is invalid, or TURN URLs are given without a
         secret.
     """
-    for url in (*stun_urls, *turn_urls):
-        validate_ice_url(url)
-    servers: list[dict[str, Any]] = []
-    if stun_urls:
-        servers.append({"urls": list(stun_urls)})
-    if turn_urls:
-        if not turn_secret:
+    return IceServers(stun_urls, turn_urls, turn_secret, ttl).document(user_id, now)
+
+
+class IceServers:
+    """
+    The configured ICE servers, checked once: :meth:`document` builds the
+    ``GET /ice-servers`` body for each request.
+
+    :raises ValueError: a URL is invalid, or TURN URLs are given without a
+        secret.
+    """
+
+    def __init__(self, stun_urls: Sequence[str], turn_urls: Sequence[str],
+                 turn_secret: str | bytes | None, ttl: int) -> None:
+        for url in (*stun_urls, *turn_urls):
+            validate_ice_url(url)
+        if turn_urls and not turn_secret:
             raise ValueError("TURN URLs need a TURN shared secret")
-        username, password = turn_credentials(turn_secret, user_id, now, ttl)
-        servers.append(
-            {"urls": list(turn_urls), "username": username, "credential": password}
-        )
-    return {"iceServers": servers, "ttl": int(ttl)}
+        self._stun_urls = tuple(stun_urls)
+        self._turn_urls = tuple(turn_urls)
+        self._turn_secret = turn_secret
+        self._ttl = int(ttl)
+
+    def document(self, user_id: str | None, now: float) -> dict[str, Any]:
+        """The body for ``user_id`` (TURN credentials name it) at time ``now``."""
+        servers: list[dict[str, Any]] = []
+        if self._stun_urls:
+            servers.append({"urls": list(self._stun_urls)})
+        if self._turn_urls:
+            assert self._turn_secret
+            username, password = turn_credentials(self._turn_secret, user_id, now, self._ttl)
+            servers.append(
+                {"urls": list(self._turn_urls), "username": username, "credential": password}
+            )
+        return {"iceServers": servers, "ttl": self._ttl}

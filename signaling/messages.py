@@ -12,6 +12,8 @@ import json
 import math
 from typing import Any
 
+from .config import MAX_ID_LENGTH, MAX_JSON_DEPTH as MAX_DEPTH
+
 __all__ = [
     "ProtocolError",
     "decode",
@@ -19,23 +21,48 @@ __all__ = [
     "error_message",
     "offline_delivery",
     "validate_id",
+    "client_message_id",
     "CONTROL_TYPES",
+    "RELAYED_TYPES",
+    "SERVER_TYPES",
     "MAX_ID_LENGTH",
     "MAX_DEPTH",
 ]
 
-#: Longest peer, user or room id accepted (PROTOCOL section 2).
-MAX_ID_LENGTH = 128
+# The one table of message types. Dispatch (signaling.hub) answers exactly
+# CONTROL_TYPES; metrics label CONTROL_TYPES | RELAYED_TYPES by name and the
+# rest as "other".
 
-#: Deepest nesting of arrays/objects accepted. Far beyond any signaling
-#: message, and far below the interpreter's recursion limit, so encoding a
-#: decoded message again can never hit a RecursionError.
-MAX_DEPTH = 64
-
-#: Message types the server answers itself; everything else is relayed.
+#: Types a client sends that the server answers itself.
 CONTROL_TYPES = frozenset(
     {"register", "join-room", "leave-room", "get-peers", "ping", "ack"}
 )
+
+#: Relayed types common enough to be counted under their own name; any other
+#: client type with ``to`` or ``roomId`` is relayed too.
+RELAYED_TYPES = frozenset({"offer", "answer", "ice-candidate", "chat", "message"})
+
+#: Types only the server sends.
+SERVER_TYPES = frozenset(
+    {
+        "registered", "join-success", "leave-success", "user-joined", "user-left",
+        "peer-status", "peers-list", "peer-offline", "offline-message", "pong",
+        "error", "server-shutdown",
+    }
+)
+
+# Close codes (PROTOCOL section 7). Autobahn sends 1002, 1007 and 1009 itself.
+
+#: The server is shutting down.
+CLOSE_GOING_AWAY = 1001
+#: Policy: a bad handshake token, an ignored rate limit.
+CLOSE_POLICY = 1008
+#: A message over the size limit.
+CLOSE_TOO_LARGE = 1009
+#: Overloaded: a client that does not read what is sent to it.
+CLOSE_SLOW_CONSUMER = 1013
+#: Replaced by a newer connection for the same id.
+CLOSE_REPLACED = 4001
 
 # Error codes (PROTOCOL section 6).
 INVALID_MESSAGE = "INVALID_MESSAGE"
@@ -51,7 +78,17 @@ QUEUE_FULL = "QUEUE_FULL"
 RATE_LIMITED = "RATE_LIMITED"
 UNAUTHORIZED = "UNAUTHORIZED"
 FORBIDDEN = "FORBIDDEN"
+UNAVAILABLE = "UNAVAILABLE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+
+#: Every error code the server sends.
+ERROR_CODES = frozenset(
+    {
+        INVALID_MESSAGE, INVALID_FIELD, UNKNOWN_MESSAGE_TYPE, REGISTRATION_REQUIRED,
+        IDENTITY_MISMATCH, NOT_IN_ROOM, PEER_NOT_IN_ROOM, ROOM_FULL, TOO_MANY_ROOMS,
+        QUEUE_FULL, RATE_LIMITED, UNAUTHORIZED, FORBIDDEN, UNAVAILABLE, INTERNAL_ERROR,
+    }
+)
 
 
 class ProtocolError(Exception):

@@ -10,13 +10,14 @@ scrape time; the rare counters are ordinary ``prometheus_client`` counters.
 
 Label values are bounded: client-chosen message types outside
 :data:`KNOWN_MESSAGE_TYPES`, unknown error codes and unknown refusal reasons
-are all counted as ``"other"``.
+are all counted as ``"other"``. The types and codes come from the one table
+in :mod:`signaling.messages`.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,8 +35,10 @@ from prometheus_client.core import (
 )
 from twisted.logger import Logger
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from . import __version__, messages
+from .events import IServerEvents
 
 __all__ = [
     "KNOWN_MESSAGE_TYPES",
@@ -47,29 +50,10 @@ __all__ = [
 ]
 
 #: Message types that get their own ``type`` label value; the rest is "other".
-KNOWN_MESSAGE_TYPES = frozenset(
-    {"offer", "answer", "ice-candidate", "chat", "message"} | messages.CONTROL_TYPES
-)
+KNOWN_MESSAGE_TYPES = messages.RELAYED_TYPES | messages.CONTROL_TYPES
 
 #: Error codes that get their own ``code`` label value; the rest is "other".
-KNOWN_ERROR_CODES = frozenset(
-    {
-        messages.INVALID_MESSAGE,
-        messages.INVALID_FIELD,
-        messages.UNKNOWN_MESSAGE_TYPE,
-        messages.REGISTRATION_REQUIRED,
-        messages.IDENTITY_MISMATCH,
-        messages.NOT_IN_ROOM,
-        messages.PEER_NOT_IN_ROOM,
-        messages.ROOM_FULL,
-        messages.TOO_MANY_ROOMS,
-        messages.QUEUE_FULL,
-        messages.RATE_LIMITED,
-        messages.UNAUTHORIZED,
-        messages.FORBIDDEN,
-        messages.INTERNAL_ERROR,
-    }
-)
+KNOWN_ERROR_CODES = messages.ERROR_CODES
 
 #: Reasons a connection is refused at the handshake; the rest is "other".
 REFUSAL_REASONS = frozenset(
@@ -97,13 +81,13 @@ RELAY_LATENCY_BUCKETS = (
 OTHER = "other"
 NAMESPACE = "signaling"
 
-#: Live gauges read at scrape time: name -> help text.
+#: Live gauges read at scrape time: name -> (key in the server's stats, help text).
 _LIVE_GAUGES = {
-    "connections": "Open WebSocket connections now, registered or not.",
-    "rooms": "Rooms that exist now.",
-    "peers": "Identities bound to a live connection now.",
-    "offline_messages": "Messages in the offline store now.",
-    "offline_bytes": "Bytes of message data in the offline store now.",
+    "connections": ("connections", "Open WebSocket connections now, registered or not."),
+    "rooms": ("rooms", "Rooms that exist now."),
+    "peers": ("peers", "Registered peers now."),
+    "offline_messages": ("offlineStored", "Messages in the offline store now."),
+    "offline_bytes": ("offlineBytes", "Bytes of message data in the offline store now."),
 }
 
 _log = Logger()
@@ -118,38 +102,38 @@ def _children(metric, label: str, values: Iterable[str]) -> dict:
 
 class _LiveCollector:
     """
-    Reads the gauges through callables the server provides, at scrape time.
-
-    A callable that raises is logged and its gauge left out of that scrape,
-    so a broken callback never fails the whole scrape.
+    Reads the gauges from the server's stats (a callable returning a dict),
+    once per scrape. Stats that cannot be read are logged and the gauges
+    left out of that scrape, so a broken source never fails the whole scrape.
     """
 
     def __init__(self) -> None:
-        self.sources: dict[str, Callable[[], float]] = {}
+        self.stats: Callable[[], Mapping[str, Any]] | None = None
 
     def describe(self) -> list[Metric]:
         """Name the families this collector may yield (for clash checks)."""
         families: list[Metric] = [
             GaugeMetricFamily(f"{NAMESPACE}_{name}", text)
-            for name, text in _LIVE_GAUGES.items()
+            for name, (_, text) in _LIVE_GAUGES.items()
         ]
         families.append(InfoMetricFamily(f"{NAMESPACE}_build", "Server version."))
         return families
 
     def collect(self) -> Iterable[Metric]:
-        """Yield one gauge per bound source."""
+        """Yield the build info and one gauge per stat present."""
         yield InfoMetricFamily(
             f"{NAMESPACE}_build", "Server version.", value={"version": __version__}
         )
-        for name, source in list(self.sources.items()):
-            try:
-                value = float(source())
-            except Exception:
-                _log.failure("metrics gauge {gauge} could not be read", gauge=name)
-                continue
-            yield GaugeMetricFamily(
-                f"{NAMESPACE}_{name}", _LIVE_GAUGES[name], value=value
-            )
+        if self.stats is None:
+            return
+        try:
+            stats = self.stats()
+        except Exception:
+            _log.failure("metrics gauges could not be read")
+            return
+        for name, (key, text) in _LIVE_GAUGES.items():
+            if key in stats:
+                yield GaugeMetricFamily(f"{NAMESPACE}_{name}", text, value=float(stats[key]))
 
 
 class _HotCollector:
@@ -228,6 +212,7 @@ class _WithoutCreated:
             yield family
 
 
+@implementer(IServerEvents)
 class Metrics:
     """
     The counters, histogram and live gauges of one server.
@@ -340,30 +325,14 @@ class Metrics:
         self._buckets[bisect_left(RELAY_LATENCY_BUCKETS, seconds)] += 1
         self._hot.latency_sum += seconds
 
-    def bind(
-        self,
-        connections: Optional[Callable[[], float]] = None,
-        rooms: Optional[Callable[[], float]] = None,
-        peers: Optional[Callable[[], float]] = None,
-        offline_messages: Optional[Callable[[], float]] = None,
-        offline_bytes: Optional[Callable[[], float]] = None,
-    ) -> None:
+    def bind_stats(self, stats: Callable[[], Mapping[str, Any]]) -> None:
         """
-        Give the live gauges their sources: callables returning the value now.
-
-        Only the given callables are (re)bound; a gauge without a source is
-        not exported.
+        Give the live gauges their source: ``stats()`` returns the server's
+        counters (``connections``, ``rooms``, ``peers``, ``offlineStored``,
+        ``offlineBytes``), read once per scrape; a gauge whose key is absent
+        is not exported.
         """
-        given = {
-            "connections": connections,
-            "rooms": rooms,
-            "peers": peers,
-            "offline_messages": offline_messages,
-            "offline_bytes": offline_bytes,
-        }
-        for name, source in given.items():
-            if source is not None:
-                self._live.sources[name] = source
+        self._live.stats = stats
 
     def render(self) -> tuple[bytes, str]:
         """All metrics in the Prometheus text format, with its content type."""

@@ -23,26 +23,28 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import internals
 from .auth import TokenVerifier
 from .config import Config
 from .hub import Hub
-from .ice import validate_ice_url
+from .ice import IceServers
+from .limits import ConnectionGate
+from .messages import CLOSE_GOING_AWAY
 from .metrics import Metrics
 from .origins import OriginPolicy
 from .proxies import ProxyPolicy
+from .registry import LocalRegistry
 from .sqlite_store import SqliteStore
 from .store import IOfflineStore, MemoryStore, StoreLimits
 from .tls import ReloadableTLS, tls_from_options, tls_server_endpoint
-from .web import make_metrics_site, make_site
-from .websocket import ConnectionGate, SignalingFactory
+from .web import StatusEndpoints, make_metrics_site, make_site
+from .websocket import SignalingFactory
 
 __all__ = [
     "make_service", "SignalingService", "Listener", "Timers", "Policies",
     "install_signal_handlers", "freeze_startup_objects",
 ]
 
-#: WebSocket close code sent to every client on shutdown ("going away").
-CLOSE_GOING_AWAY = 1001
 #: Seconds between sweeps that drop expired offline messages.
 EXPIRY_SWEEP_INTERVAL = 60.0
 #: Seconds between checks whether every client has gone during a drain.
@@ -51,24 +53,29 @@ DRAIN_POLL_INTERVAL = 0.05
 _log = Logger()
 
 
-def make_service(config: Config, reactor: Any, clock: Any = None) -> "SignalingService":
+def make_service(
+    config: Config, reactor: Any, clock: Any = None, policies: "Policies | None" = None
+) -> "SignalingService":
     """
     Build the server described by ``config``.
 
     ``reactor`` does the networking; ``clock`` (default: the reactor) drives
-    heartbeats, stats and expiry, so tests can pass a ``task.Clock``. Errors
+    heartbeats, stats and expiry, so tests can pass a ``task.Clock``.
+    ``policies`` are the checked security settings when the caller built them
+    already (the command line does, to report errors as usage errors). Errors
     in the TLS files or the store are raised here, before anything listens.
     """
     clock = reactor if clock is None else clock
-    policies = Policies.from_config(config)
+    if policies is None:
+        policies = Policies.from_config(config)
     return SignalingService(config, reactor, clock, open_store(config, reactor, clock), policies)
 
 
 class Policies:
     """
-    The checked, ready-to-use forms of the security settings: TLS context,
-    token verifier, origin and proxy policies. Building them validates the
-    files and patterns the settings name.
+    The checked, ready-to-use forms of the settings that name files, keys,
+    patterns and URLs: TLS context, token verifier, origin and proxy
+    policies, ICE servers. Building them validates them, once, at start.
     """
 
     def __init__(
@@ -77,11 +84,13 @@ class Policies:
         verifier: TokenVerifier | None,
         origins: OriginPolicy,
         proxies: ProxyPolicy,
+        ice: IceServers,
     ) -> None:
         self.tls = tls
         self.verifier = verifier
         self.origins = origins
         self.proxies = proxies
+        self.ice = ice
 
     @classmethod
     def from_config(cls, config: Config) -> "Policies":
@@ -97,8 +106,9 @@ class Policies:
             if config.auth_public_key:
                 verifier = TokenVerifier.from_public_key_file(config.auth_public_key)
         with _naming("--stun-url/--turn-url"):
-            for url in (*config.stun_urls, *config.turn_urls):
-                validate_ice_url(url)
+            ice = IceServers(
+                config.stun_urls, config.turn_urls, config.turn_secret, int(config.turn_ttl)
+            )
         with _naming("--allowed-origin"):
             origins = OriginPolicy(config.allowed_origins)
         return cls(
@@ -106,6 +116,7 @@ class Policies:
             verifier,
             origins,
             ProxyPolicy(config.trusted_proxies),
+            ice,
         )
 
 
@@ -122,12 +133,7 @@ def _naming(option: str) -> Iterator[None]:
 
 def open_store(config: Config, reactor: Any, clock: Any) -> IOfflineStore:
     """The offline store named by ``config.db`` (SQLite writes run in a thread of ``reactor``)."""
-    limits = StoreLimits(
-        max_per_peer=config.offline_max,
-        ttl=config.offline_ttl,
-        max_bytes=config.offline_max_bytes,
-        max_peers=config.offline_max_peers,
-    )
+    limits = StoreLimits.from_config(config)
     if config.db == ":memory:":
         return MemoryStore(limits)
     return SqliteStore.open(config.db, limits, reactor, now=clock.seconds())
@@ -152,43 +158,47 @@ class SignalingService(MultiService):
         self.store = store
         self.draining = False
         self.metrics = Metrics()
-        self.hub = hub = Hub(config, clock, store, self.metrics, policies.verifier)
-        self.metrics.bind(
-            connections=lambda: len(hub.sessions),
-            rooms=lambda: len(hub.rooms),
-            peers=lambda: len(hub.peers),
-            offline_messages=lambda: store.count,
-            offline_bytes=lambda: store.total_bytes,
+        self.registry = LocalRegistry(
+            store, config.max_rooms_per_connection, config.max_room_members
         )
+        self.hub = hub = Hub(
+            config, clock, store, self.metrics, policies.verifier, self.registry
+        )
+        self.metrics.bind_stats(hub.stats)
         gate = ConnectionGate(
             policies.origins, policies.proxies,
             config.max_connections, config.max_connections_per_ip,
         )
-        self.factory = SignalingFactory(
+        #: Whether connections use the fast path of :mod:`signaling.internals`.
+        self.fast_path = config.fast_path and internals.available()
+        factory_class = internals.FastSignalingFactory if self.fast_path else SignalingFactory
+        self.factory = factory_class(
             hub, gate, self.metrics, config.max_message_size, config.max_send_buffer,
             config.handshake_timeout,
         )
         started_at = clock.seconds()
-        ready = lambda: not self.draining  # noqa: E731
-        self.site = make_site(
-            hub, self.metrics, WebSocketResource(self.factory), started_at, ready, reactor
+        status = StatusEndpoints(
+            hub, clock, started_at, lambda: not self.draining, policies.ice, policies.verifier
         )
-        # Connections start in the WebSocket protocol, which hands plain HTTP
-        # requests to the site: an upgrade is then parsed once, not twice.
+        self.site = make_site(config, status, self.metrics, WebSocketResource(self.factory), reactor)
+        # On the fast path connections start in the WebSocket protocol, which
+        # hands plain HTTP requests to the site (an upgrade is parsed once);
+        # on the public API they start in the site, which upgrades them.
         self.factory.http_site = self.site
+        main_factory = self.factory if self.fast_path else self.site
         self.listeners: list[Listener] = []
         if config.port is not None:
-            self._add_listener(self._default_endpoint(), self.factory)
+            self._add_listener(self._default_endpoint(), main_factory)
         for description in config.listen:
-            self._add_listener(serverFromString(reactor, description), self.factory)
+            self._add_listener(serverFromString(reactor, description), main_factory)
         if config.metrics_listen:
-            metrics_site = make_metrics_site(hub, self.metrics, started_at, ready, reactor)
+            metrics_site = make_metrics_site(config, status, self.metrics, reactor)
             for description in config.metrics_listen:
                 self._add_listener(serverFromString(reactor, description), metrics_site)
         self.timers = Timers(clock)
-        self.timers.every(config.heartbeat_interval, self.hub.heartbeat)
-        self.timers.every(config.stats_interval, self.hub.log_stats)
-        self.timers.every(EXPIRY_SWEEP_INTERVAL, self.hub.expire_offline)
+        self.timers.every(config.heartbeat_interval, hub.heartbeat)
+        self.timers.every(config.stats_interval, hub.log_stats)
+        self.timers.every(EXPIRY_SWEEP_INTERVAL, hub.expire_offline)
 
     def _default_endpoint(self) -> Any:
         config = self.config
@@ -242,12 +252,10 @@ class SignalingService(MultiService):
         done: defer.Deferred = defer.Deferred()
 
         def check() -> None:
-            if not hub.sessions:
+            if not hub.open_sessions():
                 done.callback(None)
             elif self.reactor.seconds() >= deadline:
-                for session in list(hub.sessions):
-                    hub.disconnect(session)
-                    session.conn.abort()
+                hub.abort_all()
                 done.callback(None)
             else:
                 self.reactor.callLater(DRAIN_POLL_INTERVAL, check)

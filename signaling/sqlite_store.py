@@ -369,7 +369,8 @@ class SqliteStore:
         return self._index.limits
 
     def enqueue(
-        self, recipient: str, message_id: str, message: dict[str, Any], now: float
+        self, recipient: str, message_id: str, message: dict[str, Any], now: float,
+        sender: str | None = None,
     ) -> defer.Deferred:
         """
         Store ``message`` for ``recipient``; visible to :meth:`pending` at once.

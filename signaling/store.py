@@ -20,6 +20,7 @@ from typing import Any, Iterable, NamedTuple
 from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
 
+from .config import Config
 from .messages import encode
 
 __all__ = ["IOfflineStore", "MemoryStore", "QueueFull", "StoreLimits", "StoredMessage"]
@@ -27,12 +28,22 @@ __all__ = ["IOfflineStore", "MemoryStore", "QueueFull", "StoreLimits", "StoredMe
 
 @dataclass(frozen=True)
 class StoreLimits:
-    """Every limit of the offline store, in one place."""
+    """The limits of the offline store (their defaults are :class:`Config`'s)."""
 
-    max_per_peer: int = 100
-    ttl: float = 86400.0
-    max_bytes: int = 64 * 1024 * 1024
-    max_peers: int = 100_000
+    max_per_peer: int = Config.offline_max
+    ttl: float = Config.offline_ttl
+    max_bytes: int = Config.offline_max_bytes
+    max_peers: int = Config.offline_max_peers
+
+    @classmethod
+    def from_config(cls, config: Config) -> "StoreLimits":
+        """The store limits ``config`` sets."""
+        return cls(
+            max_per_peer=config.offline_max,
+            ttl=config.offline_ttl,
+            max_bytes=config.offline_max_bytes,
+            max_peers=config.offline_max_peers,
+        )
 
 
 class StoredMessage(NamedTuple):
@@ -68,9 +79,10 @@ class IOfflineStore(Interface):
     count = Attribute("Number of messages stored now.")
     total_bytes = Attribute("Encoded size of every message stored now.")
 
-    def enqueue(recipient, message_id, message, now):
+    def enqueue(recipient, message_id, message, now, sender=None):
         """
-        Store ``message`` (a dict) for ``recipient`` under ``message_id``.
+        Store ``message`` (a dict) for ``recipient`` under ``message_id``;
+        ``sender`` is the id that sent it, when known.
 
         Returns a Deferred that fires with the :class:`StoredMessage` once the
         entry is durable, or fails with :class:`QueueFull` when a limit would be
@@ -79,13 +91,19 @@ class IOfflineStore(Interface):
         """
 
     def pending(recipient, now):
-        """The unexpired messages for ``recipient``, oldest first (a list)."""
+        """
+        The unexpired messages for ``recipient``, oldest first: a list, or a
+        Deferred of one from a store that is not in this process.
+        """
 
     def remove(recipient, message_ids):
-        """Forget the given messages of ``recipient`` (delivered or acknowledged)."""
+        """
+        Forget the given messages of ``recipient`` (delivered or
+        acknowledged); a store not in this process returns a Deferred.
+        """
 
     def expire(now):
-        """Drop every message older than the age limit; return how many."""
+        """Drop every message older than the age limit; return how many (or a Deferred of it)."""
 
     def flush():
         """A Deferred that fires once everything stored so far is durable."""
@@ -195,7 +213,7 @@ class MemoryStore:
     def total_bytes(self) -> int:
         return self._queues.total_bytes
 
-    def enqueue(self, recipient, message_id, message, now):
+    def enqueue(self, recipient, message_id, message, now, sender=None):
         try:
             entry = self._queues.make_entry(recipient, message_id, message, now)
         except QueueFull:

@@ -139,6 +139,7 @@ class Options(usage.Options):
         for name, _ in _REPEATABLE:
             self[name] = []
         self.config: Config | None = None
+        self.policies: Policies | None = None
 
     def opt_listen(self, description: str) -> None:
         """
@@ -213,7 +214,7 @@ class Options(usage.Options):
             values["port"] = None
         try:
             self.config = Config(**values)
-            Policies.from_config(self.config)
+            self.policies = Policies.from_config(self.config)
             for description in self.config.listen:
                 check_listen_description(description)
         except ValueError as e:  # TLSConfigError is one too
@@ -249,7 +250,7 @@ def makeService(options: Options) -> Any:
 
     assert options.config is not None
     try:
-        service = make_service(options.config, reactor)
+        service = make_service(options.config, reactor, policies=options.policies)
     except (StoreOpenError, ValueError, OSError) as e:
         raise SystemExit(f"signaling: cannot start: {e}")
     install_signal_handlers(reactor, service)

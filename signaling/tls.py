@@ -17,9 +17,8 @@ suites are always on), no compression, server cipher preference.
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -29,10 +28,8 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
-    IReactorTime,
 )
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -266,8 +263,6 @@ class ReloadableTLS:
         self.key_path = key_path
         self.chain_path = chain_path
         self._options = load_certificate_options(cert_path, key_path, chain_path)
-        self._stamp = self._file_stamp()
-        self._watcher: LoopingCall | None = None
 
     @property
     def options(self) -> CertificateOptions:
@@ -295,7 +290,6 @@ class ReloadableTLS:
         returned. On any failure the previous certificate stays in use, the
         reason is logged as an error and False is returned.
         """
-        self._stamp = self._file_stamp()
         try:
             options = load_certificate_options(self.cert_path, self.key_path, self.chain_path)
         except TLSConfigError as e:
@@ -314,45 +308,6 @@ class ReloadableTLS:
             not_after=getattr(leaf, "not_valid_after_utc", None) or leaf.not_valid_after,
         )
         return True
-
-    def watch(self, clock: IReactorTime, interval: float = 60.0) -> None:
-        """
-        Check the files every ``interval`` seconds on ``clock`` and reload
-        when one of them changed (modification time, size or inode).
-
-        A failed reload is retried only after the files change again.
-        """
-        self.stop_watching()
-        self._watcher = LoopingCall(self._check_files)
-        self._watcher.clock = clock
-        self._watcher.start(interval, now=False).addErrback(
-            lambda f: _log.failure("TLS certificate watcher stopped", f)
-        )
-
-    def stop_watching(self) -> None:
-        """Stop the watcher started by :meth:`watch`, if any."""
-        if self._watcher is not None and self._watcher.running:
-            self._watcher.stop()
-        self._watcher = None
-
-    def _check_files(self) -> None:
-        try:
-            if self._file_stamp() != self._stamp:
-                self.reload()
-        except Exception:
-            _log.failure("TLS certificate watcher: unexpected error")
-
-    def _file_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
-        paths: Sequence[str | None] = (self.cert_path, self.key_path, self.chain_path)
-        return tuple(_stat(p) for p in paths if p)
-
-
-def _stat(path: str) -> tuple[int, int, int] | None:
-    try:
-        s = os.stat(path)
-    except OSError:
-        return None
-    return (s.st_mtime_ns, s.st_size, s.st_ino)
 
 
 def tls_from_options(

@@ -16,9 +16,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from . import __version__
-from .auth import token_from_query
+from .config import Config
+from .auth import TokenVerifier, token_from_query
 from .hub import Hub
-from .ice import ice_servers_document
+from .ice import IceServers
 from .messages import ProtocolError
 from .metrics import Metrics, MetricsResource
 
@@ -51,16 +52,13 @@ class RootResource(Resource):
     def render(self, request: Request) -> Any:
         upgrade = request.getHeader("upgrade")
         if self._websocket is not None and upgrade is not None and upgrade.lower() == "websocket":
-            result = self._websocket.render(request)
-            # The WebSocket protocol owns the socket now. The HTTP channel's
+            # The WebSocket protocol takes the socket over. The HTTP channel's
             # idle timer and its registration as the socket's producer would
-            # keep it and this request alive for hours, and cost every write.
-            channel = request.channel
-            channel.setTimeout(None)
-            transport = request.transport
-            if getattr(transport, "producer", None) is channel:
-                transport.unregisterProducer()
-            return result
+            # keep it and this request alive for hours, cost every write, and
+            # leave no room for the connection's own producer.
+            request.channel.setTimeout(None)
+            request.transport.unregisterProducer()
+            return self._websocket.render(request)
         request.setHeader(b"access-control-allow-origin", self._cors_origin)
         if self._cors_origin != b"*":
             request.setHeader(b"vary", b"Origin")
@@ -91,20 +89,28 @@ def json_response(request: Request, body: Any, code: int = 200) -> bytes:
 
 
 class StatusEndpoints:
-    """The bodies of the HTTP endpoints, read from the hub's live state."""
+    """The bodies of the HTTP endpoints, read from the hub's live counters."""
 
     def __init__(
-        self, hub: Hub, started_at: float, is_ready: Callable[[], bool]
+        self,
+        hub: Hub,
+        clock: Any,
+        started_at: float,
+        is_ready: Callable[[], bool],
+        ice: IceServers,
+        verifier: TokenVerifier | None,
     ) -> None:
         self._hub = hub
+        self._clock = clock
         self._started_at = started_at
         self._is_ready = is_ready
+        self._ice = ice
+        self._verifier = verifier
 
     def health(self, request: Request) -> bytes:
         """Liveness and the headline counters."""
-        hub = self._hub
-        now = hub.clock.seconds()
-        stats = hub.stats()
+        now = self._clock.seconds()
+        stats = self._hub.stats()
         return json_response(
             request,
             {
@@ -132,9 +138,8 @@ class StatusEndpoints:
 
     def stats(self, request: Request) -> bytes:
         """Every counter, flat."""
-        hub = self._hub
-        body: dict[str, Any] = dict(hub.stats())
-        body["uptime"] = round(hub.clock.seconds() - self._started_at, 3)
+        body: dict[str, Any] = dict(self._hub.stats())
+        body["uptime"] = round(self._clock.seconds() - self._started_at, 3)
         return json_response(request, body)
 
     def ice_servers(self, request: Request) -> bytes:
@@ -143,23 +148,18 @@ class StatusEndpoints:
         authentication on, a token (``Authorization: Bearer`` or ``?token=``)
         is required and its ``sub`` names the credentials.
         """
-        hub = self._hub
-        config = hub.config
         user_id = None
-        if hub.verifier is not None:
+        now = self._clock.seconds()
+        if self._verifier is not None:
             try:
                 token = _bearer(request) or token_from_query(request.args)
                 if token is None:
                     raise ProtocolError("UNAUTHORIZED", "a token is required")
-                user_id = hub.verifier.verify(token, hub.clock.seconds()).subject
+                user_id = self._verifier.verify(token, now).subject
             except ProtocolError as e:
                 request.setHeader(b"www-authenticate", b"Bearer")
                 return json_response(request, {"error": e.text, "code": e.code}, 401)
-        document = ice_servers_document(
-            config.stun_urls, config.turn_urls, config.turn_secret,
-            int(config.turn_ttl), user_id, hub.clock.seconds(),
-        )
-        return json_response(request, document)
+        return json_response(request, self._ice.document(user_id, now))
 
 
 def _bearer(request: Request) -> str | None:
@@ -220,16 +220,13 @@ class SignalingSite(Site):
 
 
 def make_site(
-    hub: Hub,
+    config: Config,
+    status: StatusEndpoints,
     metrics: Metrics,
     websocket: WebSocketResource,
-    started_at: float,
-    is_ready: Callable[[], bool],
     reactor: Any,
 ) -> SignalingSite:
     """The ``Site`` serving the main port: WebSocket upgrades plus the endpoints."""
-    config = hub.config
-    status = StatusEndpoints(hub, started_at, is_ready)
     endpoints: dict[bytes, Endpoint] = {
         b"/health": status.health,
         b"/ready": status.ready,
@@ -242,13 +239,14 @@ def make_site(
     return SignalingSite(root, metrics, config.handshake_timeout, reactor)
 
 
-def make_metrics_site(hub: Hub, metrics: Metrics, started_at: float,
-                      is_ready: Callable[[], bool], reactor: Any) -> SignalingSite:
+def make_metrics_site(
+    config: Config, status: StatusEndpoints, metrics: Metrics, reactor: Any
+) -> SignalingSite:
     """The ``Site`` of ``--metrics-listen``: ``/metrics``, ``/health`` and ``/ready`` only."""
-    status = StatusEndpoints(hub, started_at, is_ready)
     root = RootResource(
         None,
-        {b"/metrics": MetricsResource(metrics).render_GET, b"/health": status.health, b"/ready": status.ready},
-        hub.config.cors_origin,
+        {b"/metrics": MetricsResource(metrics).render_GET, b"/health": status.health,
+         b"/ready": status.ready},
+        config.cors_origin,
     )
-    return SignalingSite(root, metrics, hub.config.handshake_timeout, reactor)
+    return SignalingSite(root, metrics, config.handshake_timeout, reactor)

@@ -166,6 +166,8 @@ class ServerTestCase(unittest.TestCase):
 
     #: Config values for the server of this test case.
     config: dict[str, Any] = {}
+    #: Run the server with the fast path of signaling.internals (False: public API).
+    fast_path = True
 
     def setUp(self) -> Any:
         self.clock = task.Clock()
@@ -174,10 +176,13 @@ class ServerTestCase(unittest.TestCase):
 
     def start_server(self, **overrides: Any) -> None:
         """Start this test's server (``self.config`` is not applied again)."""
+        overrides.setdefault("fast_path", self.fast_path)
         self.service = make_service(server_config(**overrides), reactor, clock=self.clock)
         self.service.startService()
         self.addCleanup(self._stop_server, self.service)
         self.hub = self.service.hub
+        self.registry = self.service.registry
+        self.store = self.service.store
         self.port = self.service.ports()[0].getHost().port
         self.url = f"ws://127.0.0.1:{self.port}/"
         self.http = f"http://127.0.0.1:{self.port}"
@@ -241,9 +246,12 @@ def server_config(**overrides: Any) -> Config:
     return Config(**values)
 
 
-def start_service(testcase: unittest.TestCase, **overrides: Any) -> Any:
-    """A second, independent server on the real reactor, stopped at cleanup."""
-    service = make_service(server_config(**overrides), reactor)
+def start_service(testcase: unittest.TestCase, clock: Any = None, **overrides: Any) -> Any:
+    """
+    A second, independent server on the real reactor (its timers on
+    ``clock`` when given), stopped at cleanup.
+    """
+    service = make_service(server_config(**overrides), reactor, clock=clock)
     service.startService()
     testcase.addCleanup(service.stopService)
     return service

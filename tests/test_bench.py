@@ -302,3 +302,22 @@ class TableTests(unittest.TestCase):
         header, row = text.splitlines()
         self.assertTrue(header.startswith("scenario"))
         self.assertEqual(row.split()[:6], ["rate@2000", "NO", "2000", "msgs/s", "0.8", "2"])
+
+
+class WithoutTheBenchExtraTests(unittest.TestCase):
+    """``python -m signaling.bench`` without picows says what to install."""
+
+    @defer.inlineCallbacks
+    def test_install_hint(self) -> None:
+        blocked = self.mktemp()
+        os.makedirs(os.path.join(blocked, "picows"))
+        with open(os.path.join(blocked, "picows", "__init__.py"), "w") as f:
+            f.write("raise ImportError('not installed', name='picows')\n")
+        env = environment()
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(blocked), env["PYTHONPATH"]])
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "signaling.bench", "--scenario", "relay"], env=env
+        )
+        self.assertEqual(code, 2, err)
+        self.assertIn(b"pip install 'signaling[bench]'", err)
+        self.assertNotIn(b"Traceback", err)

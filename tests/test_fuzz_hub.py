@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from helpers import ServerTestCase
 from signaling.config import Config
 from signaling.hub import Hub
-from signaling.messages import ProtocolError, decode
+from signaling.registry import LocalRegistry
 from signaling.store import MemoryStore, StoreLimits
 from test_hub import RecordingConnection
 
@@ -50,9 +50,11 @@ class HubPropertyTests(unittest.SynchronousTestCase):
     @given(STEPS)
     def test_arbitrary_sequences_keep_hub_consistent(self, steps):
         clock = task.Clock()
+        store = MemoryStore(StoreLimits(max_per_peer=3))
+        registry = LocalRegistry(store, 2, 3)
         hub = Hub(Config(db=":memory:", rate_limit=0, max_room_members=3,
                          max_rooms_per_connection=2),
-                  clock, MemoryStore(StoreLimits(max_per_peer=3)))
+                  clock, store, registry=registry)
         conns = [RecordingConnection() for _ in range(4)]
         sessions = [hub.connect(conn, f"127.0.0.1:{i}") for i, conn in enumerate(conns)]
         for index, message in steps:
@@ -63,7 +65,7 @@ class HubPropertyTests(unittest.SynchronousTestCase):
                 conns[index] = RecordingConnection()
                 sessions[index] = hub.connect(conns[index], f"127.0.0.1:{index}")
             elif session.open:
-                hub.receive(session, message)
+                hub.receive_payload(session, json.dumps(message))
         for conn in conns:
             for sent in conn.sent:
                 self.assertIsInstance(sent.get("type"), str)
@@ -72,17 +74,17 @@ class HubPropertyTests(unittest.SynchronousTestCase):
                     self.assertIsInstance(sent["error"], str)
         # Bookkeeping: every room member, peer and identity is a live session
         # that agrees with it.
-        for identity, session in hub.identities.items():
-            self.assertIn(session, hub.sessions)
+        for identity, session in registry.identities.items():
+            self.assertIn(session, registry.sessions)
             self.assertEqual(session.identity, identity)
-        for peer_id, session in hub.peers.items():
+        for peer_id, session in registry.peers.items():
             self.assertTrue(session.registered)
-            self.assertIs(hub.identities[peer_id], session)
-        for room_id, members in hub.rooms.items():
+            self.assertIs(registry.identities[peer_id], session)
+        for room_id, members in registry.rooms.items():
             self.assertTrue(members)
             self.assertLessEqual(len(members), 3)
             for user_id, session in members.items():
-                self.assertIs(hub.identities[user_id], session)
+                self.assertIs(registry.identities[user_id], session)
                 self.assertIn(room_id, session.rooms)
         self.assertEqual(hub.stats()["connections"], len([s for s in sessions if s.open]))
 
@@ -95,14 +97,11 @@ class DecoderToHubTests(unittest.SynchronousTestCase):
         hub = Hub(Config(db=":memory:", rate_limit=0), task.Clock(), MemoryStore())
         conn = RecordingConnection()
         session = hub.connect(conn, "127.0.0.1:1")
-        try:
-            message = decode(payload)
-        except ProtocolError as e:
-            hub.reject(session, e)
-            self.assertEqual(conn.sent[-1]["code"], "INVALID_MESSAGE")
-        else:
-            hub.receive(session, message)
+        hub.receive_payload(session, payload)
         self.assertTrue(session.open)
+        self.assertTrue(conn.sent, "a lone connection's request must be answered")
+        for sent in conn.sent:
+            self.assertIsInstance(sent.get("type"), str)
 
 
 class ServerKeepsServingTests(ServerTestCase):
@@ -127,4 +126,4 @@ class ServerKeepsServingTests(ServerTestCase):
             self.assertIsInstance(message.get("type"), str)
             answered += 1
         yield self.roundtrip(client)
-        self.assertEqual(len(self.hub.sessions), 1)
+        self.assertEqual(len(self.registry.sessions), 1)

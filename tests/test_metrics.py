@@ -167,14 +167,9 @@ class GaugeTests(unittest.TestCase):
 
     def test_bound_values(self) -> None:
         m = Metrics(process=False)
-        live = {"connections": 3, "rooms": 2, "peers": 1, "messages": 7, "bytes": 900}
-        m.bind(
-            connections=lambda: live["connections"],
-            rooms=lambda: live["rooms"],
-            peers=lambda: live["peers"],
-            offline_messages=lambda: live["messages"],
-            offline_bytes=lambda: live["bytes"],
-        )
+        live = {"connections": 3, "rooms": 2, "peers": 1, "offlineStored": 7,
+                "offlineBytes": 900, "forwarded": 5}
+        m.bind_stats(lambda: live)
         self.assertEqual(value(m, "signaling_connections"), 3)
         self.assertEqual(value(m, "signaling_rooms"), 2)
         self.assertEqual(value(m, "signaling_peers"), 1)
@@ -183,26 +178,24 @@ class GaugeTests(unittest.TestCase):
         live["connections"] = 10
         self.assertEqual(value(m, "signaling_connections"), 10)
 
-    def test_unbound_not_exported(self) -> None:
+    def test_absent_stats_not_exported(self) -> None:
         m = Metrics(process=False)
-        m.bind(rooms=lambda: 4)
+        m.bind_stats(lambda: {"rooms": 4})
         found = samples(m)
         self.assertNotIn(("signaling_connections", ()), found)
         self.assertEqual(found[("signaling_rooms", ())], 4)
 
-    def test_rebind_keeps_others(self) -> None:
-        m = Metrics(process=False)
-        m.bind(rooms=lambda: 4, peers=lambda: 1)
-        m.bind(rooms=lambda: 5)
-        self.assertEqual(value(m, "signaling_rooms"), 5)
-        self.assertEqual(value(m, "signaling_peers"), 1)
+    def test_unbound_not_exported(self) -> None:
+        found = samples(Metrics(process=False))
+        self.assertNotIn(("signaling_rooms", ()), found)
 
-    def test_failing_callable_skipped(self) -> None:
+    def test_failing_stats_skipped(self) -> None:
         m = Metrics(process=False)
-        m.bind(rooms=lambda: 1 // 0, peers=lambda: 2)
+        m.bind_stats(lambda: 1 // 0)
+        m.message_relayed("offer", 2)
         found = samples(m)
         self.assertNotIn(("signaling_rooms", ()), found)
-        self.assertEqual(found[("signaling_peers", ())], 2)
+        self.assertEqual(found[("signaling_messages_relayed_total", (("type", "offer"),))], 2)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
 
@@ -212,7 +205,7 @@ class ResourceTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_get_metrics(self):
         metrics = Metrics(process=False)
-        metrics.bind(connections=lambda: 5)
+        metrics.bind_stats(lambda: {"connections": 5})
         metrics.message_relayed("offer", count=4)
         root = Resource()
         root.putChild(b"metrics", MetricsResource(metrics))
@@ -243,10 +236,9 @@ class DocumentationTests(unittest.TestCase):
         doc = pathlib.Path(__file__).parent.parent / "docs" / "operations.md"
         documented = set(re.findall(r"\| `(signaling_[a-z_]+)`", doc.read_text("utf-8")))
         metrics = Metrics(process=False)
-        metrics.bind(
-            connections=lambda: 0, rooms=lambda: 0, peers=lambda: 0,
-            offline_messages=lambda: 0, offline_bytes=lambda: 0,
-        )
+        metrics.bind_stats(lambda: dict.fromkeys(
+            ("connections", "rooms", "peers", "offlineStored", "offlineBytes"), 0
+        ))
         body, _ = metrics.render()
         exported = set()
         for family in text_string_to_metric_families(body.decode("utf-8")):

@@ -25,7 +25,7 @@ class OfflineTests(ServerTestCase):
         sender.send({"type": "ice-candidate", "to": "later", "candidate": {"c": 3}})
         generated = (yield sender.expect("peer-offline"))["messageId"]
         self.assertTrue(generated)
-        self.assertEqual(self.hub.store.count, 3)
+        self.assertEqual(self.store.count, 3)
 
         self.clock.advance(2)
         later = yield self.connect()
@@ -45,7 +45,7 @@ class OfflineTests(ServerTestCase):
         self.assertEqual(third["messageId"], generated)
         # Presence comes after the stored messages.
         yield sender.expect("peer-status")
-        self.assertEqual(self.hub.store.count, 0)
+        self.assertEqual(self.store.count, 0)
 
     @defer.inlineCallbacks
     def test_delivered_once_without_ack(self):
@@ -95,10 +95,10 @@ class OfflineTests(ServerTestCase):
         sender = yield self.register("sender")
         sender.send({"type": "offer", "to": "later", "offer": {}})
         yield sender.expect("peer-offline")
-        self.assertEqual(self.hub.store.count, 1)
+        self.assertEqual(self.store.count, 1)
         self.clock.advance(61)  # the 60 s sweep runs
-        self.assertEqual(self.hub.store.count, 0)
-        self.assertEqual(self.hub.store.total_bytes, 0)
+        self.assertEqual(self.store.count, 0)
+        self.assertEqual(self.store.total_bytes, 0)
 
     @defer.inlineCallbacks
     def test_ack_mode_redelivers_until_acknowledged(self):
@@ -117,7 +117,7 @@ class OfflineTests(ServerTestCase):
         self.assertEqual(redelivered["messageId"], "m1")
         again.send({"type": "ack", "messageIds": ["m1"]})
         yield self.roundtrip(again)
-        self.assertEqual(self.hub.store.count, 0)
+        self.assertEqual(self.store.count, 0)
         again.send({"type": "ack", "messageIds": "m1"})
         yield again.expect_error("INVALID_FIELD")
 
@@ -142,7 +142,7 @@ class StoreByteLimitTests(ServerTestCase):
         yield sender.expect("peer-offline")
         sender.send({"type": "offer", "to": "c", "offer": {}})
         yield sender.expect_error("QUEUE_FULL")
-        self.assertEqual(self.hub.store.count, 2)
+        self.assertEqual(self.store.count, 2)
 
 
 class SqliteOfflineTests(OfflineTests):

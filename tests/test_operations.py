@@ -89,8 +89,8 @@ class MetricsAfterTrafficTests(ServerTestCase):
         self.assertEqual(sample(s, "signaling_peers"), 2)
         self.assertEqual(sample(s, "signaling_rooms"), 1)
         self.assertEqual(sample(s, "signaling_offline_messages"), 1)
-        self.assertEqual(sample(s, "signaling_offline_bytes"), self.hub.store.total_bytes)
-        self.assertGreater(self.hub.store.total_bytes, 0)
+        self.assertEqual(sample(s, "signaling_offline_bytes"), self.store.total_bytes)
+        self.assertGreater(self.store.total_bytes, 0)
         # Every non-control message is timed: 3 offers, 1 answer, 1 x-custom, 1 chat.
         self.assertEqual(sample(s, "signaling_relay_latency_seconds_count"), 6)
         self.assertEqual(sample(s, "signaling_build_info", version=__version__), 1)
@@ -170,7 +170,7 @@ class StatsCountersTests(ServerTestCase):
         a.send({"type": "offer", "to": "c", "offer": {}})
         yield a.expect("peer-offline", skip=("peer-status",))
         yield a.expect("peer-offline")
-        self.assertEqual(self.hub.store.count, 2)
+        self.assertEqual(self.store.count, 2)
 
         # The sixth connection takes the offline messages: they leave the
         # store and are not counted as forwarded.
@@ -191,7 +191,7 @@ class StatsCountersTests(ServerTestCase):
         yield b.expect("offer", skip=("peer-status",))
         a2.send({"type": "offer", "to": "gone", "offer": {}})
         yield a2.expect("peer-offline", skip=("peer-status",))
-        yield wait_for(lambda: len(self.hub.sessions) == 5, "5 sessions")
+        yield wait_for(lambda: len(self.registry.sessions) == 5, "5 sessions")
 
         self.clock.advance(300)
         self.assertEqual(self.lines, ["[Stats] 连接数: 5, 总连接: 7, 转发消息: 5, 离线消息: 1"])
@@ -265,4 +265,4 @@ class DrainTests(ServerTestCase):
         self.assertEqual(code, 1001)
         yield stubborn.wait_closed()
         yield stopping
-        self.assertEqual(self.hub.sessions, set())
+        self.assertEqual(self.registry.sessions, set())

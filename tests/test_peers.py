@@ -40,7 +40,7 @@ class RegisterTests(ServerTestCase):
         client.send({"type": "register", "peerId": "p2"})
         error = yield client.expect_error("IDENTITY_MISMATCH")
         self.assertEqual(error["requestType"], "register")
-        self.assertEqual(list(self.hub.peers), ["p1"])
+        self.assertEqual(list(self.registry.peers), ["p1"])
 
     @defer.inlineCallbacks
     def test_register_validates_fields(self):
@@ -56,7 +56,7 @@ class RegisterTests(ServerTestCase):
             client.send(message)
             error = yield client.expect_error("INVALID_FIELD")
             self.assertIn(field, error["error"])
-        self.assertEqual(self.hub.peers, {})
+        self.assertEqual(self.registry.peers, {})
 
     @defer.inlineCallbacks
     def test_disconnect_announces_offline(self):
@@ -203,8 +203,8 @@ class TakeoverTests(ServerTestCase):
         self.assertEqual((yield new.expect("offer"))["from"], "watcher")
         member.send({"type": "chat", "roomId": "r1", "message": "still here?"})
         self.assertEqual((yield new.expect("chat"))["sender"], "member")
-        self.assertFalse(self.hub.peers["p1"].replaced)
-        self.assertEqual(len(self.hub.sessions), 3)
+        self.assertFalse(self.registry.peers["p1"].replaced)
+        self.assertEqual(len(self.registry.sessions), 3)
 
     @defer.inlineCallbacks
     def test_late_close_of_replaced_socket_keeps_newcomer(self):
@@ -218,14 +218,14 @@ class TakeoverTests(ServerTestCase):
         yield old.drop()
         yield self.roundtrip(watcher)
         watcher.assert_quiet()
-        self.assertFalse(self.hub.peers["p1"].replaced)
+        self.assertFalse(self.registry.peers["p1"].replaced)
         watcher.send({"type": "offer", "to": "p1", "offer": {}})
         yield new.expect("offer")
         # When the newcomer leaves, the peer goes offline once.
         yield new.drop()
         status = yield watcher.expect("peer-status")
         self.assertEqual(status["status"], "offline")
-        self.assertNotIn("p1", self.hub.peers)
+        self.assertNotIn("p1", self.registry.peers)
 
     @defer.inlineCallbacks
     def test_room_member_takeover(self):
@@ -240,4 +240,4 @@ class TakeoverTests(ServerTestCase):
         self.assertEqual(code, 4001)
         yield self.roundtrip(alice)
         alice.assert_quiet()
-        self.assertEqual(list(self.hub.rooms["r1"]), ["alice", "bob"])
+        self.assertEqual(list(self.registry.rooms["r1"]), ["alice", "bob"])

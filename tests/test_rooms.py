@@ -41,7 +41,7 @@ class RoomTests(ServerTestCase):
         self.assertEqual(reply["members"], ["alice"])
         yield self.roundtrip(alice)
         alice.assert_quiet()
-        self.assertEqual(list(self.hub.rooms["r1"]), ["alice", "bob"])
+        self.assertEqual(list(self.registry.rooms["r1"]), ["alice", "bob"])
 
     @defer.inlineCallbacks
     def test_signaling_forwarded_verbatim_with_sender_overwritten(self):
@@ -108,7 +108,7 @@ class RoomTests(ServerTestCase):
         )
         alice.send({"type": "leave-room", "roomId": "r1"})
         yield alice.expect("leave-success")
-        self.assertNotIn("r1", self.hub.rooms)
+        self.assertNotIn("r1", self.registry.rooms)
 
     @defer.inlineCallbacks
     def test_member_of_two_rooms(self):
@@ -135,8 +135,8 @@ class RoomTests(ServerTestCase):
         yield alice.drop()
         self.assertEqual((yield bob.expect("user-left")), {"type": "user-left", "userId": "alice", "roomId": "r1"})
         self.assertEqual((yield carol.expect("user-left")), {"type": "user-left", "userId": "alice", "roomId": "r2"})
-        self.assertEqual(sorted(self.hub.rooms), ["r1", "r2"])
-        self.assertNotIn("alice", self.hub.identities)
+        self.assertEqual(sorted(self.registry.rooms), ["r1", "r2"])
+        self.assertNotIn("alice", self.registry.identities)
 
     @defer.inlineCallbacks
     def test_join_binds_identity(self):
@@ -194,4 +194,4 @@ class RoomLimitTests(ServerTestCase):
         carol = yield self.connect()
         carol.send({"type": "join-room", "roomId": "r1", "sender": "carol"})
         yield carol.expect_error("ROOM_FULL")
-        self.assertEqual(list(self.hub.rooms["r1"]), ["alice", "bob"])
+        self.assertEqual(list(self.registry.rooms["r1"]), ["alice", "bob"])

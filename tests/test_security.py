@@ -53,17 +53,17 @@ class AuthMixin:
         client = yield self.connect(f"/?token={self.token('alice')}")
         client.send({"type": "register", "peerId": "bob"})
         yield client.expect_error("FORBIDDEN")
-        self.assertNotIn("bob", self.hub.identities)
+        self.assertNotIn("bob", self.registry.identities)
         client.send({"type": "join-room", "roomId": "r", "sender": "bob"})
         yield client.expect_error("FORBIDDEN")
-        self.assertEqual(self.hub.rooms, {})
+        self.assertEqual(self.registry.rooms, {})
 
     @defer.inlineCallbacks
     def test_token_in_register(self):
         client = yield self.connect()
         client.send({"type": "register", "peerId": "alice", "token": self.token("alice")})
         yield client.expect("registered")
-        self.assertIn("alice", self.hub.peers)
+        self.assertIn("alice", self.registry.peers)
 
     @defer.inlineCallbacks
     def test_token_in_join_room(self):
@@ -78,8 +78,8 @@ class AuthMixin:
         client = yield self.connect()
         client.send({"type": "register", "peerId": "bob", "token": self.token("alice")})
         yield client.expect_error("FORBIDDEN")
-        self.assertNotIn("bob", self.hub.identities)
-        self.assertNotIn("alice", self.hub.identities)
+        self.assertNotIn("bob", self.registry.identities)
+        self.assertNotIn("alice", self.registry.identities)
 
     @defer.inlineCallbacks
     def test_expired_token(self):
@@ -89,7 +89,7 @@ class AuthMixin:
         client.send({"type": "register", "peerId": "alice", "token": token})
         error = yield client.expect_error("UNAUTHORIZED")
         self.assertIn("expired", error["error"])
-        self.assertNotIn("alice", self.hub.identities)
+        self.assertNotIn("alice", self.registry.identities)
 
     @defer.inlineCallbacks
     def test_bad_signature(self):
@@ -97,7 +97,7 @@ class AuthMixin:
         client.send({"type": "register", "peerId": "alice",
                      "token": self.forge(self.claims("alice"))})
         yield client.expect_error("UNAUTHORIZED")
-        self.assertNotIn("alice", self.hub.identities)
+        self.assertNotIn("alice", self.registry.identities)
 
     @defer.inlineCallbacks
     def test_bad_query_token_closes_with_1008(self):
@@ -105,7 +105,7 @@ class AuthMixin:
         yield client.expect_error("UNAUTHORIZED")
         code, _ = yield client.wait_closed()
         self.assertEqual(code, 1008)
-        self.assertEqual(self.hub.identities, {})
+        self.assertEqual(self.registry.identities, {})
 
     @defer.inlineCallbacks
     def test_rooms_claim(self):
@@ -116,8 +116,8 @@ class AuthMixin:
         yield client.expect("join-success")
         client.send({"type": "join-room", "roomId": "secret", "sender": "alice"})
         yield client.expect_error("FORBIDDEN")
-        self.assertNotIn("secret", self.hub.rooms)
-        self.assertEqual(set(self.hub.rooms), {"lobby", "team-red"})
+        self.assertNotIn("secret", self.registry.rooms)
+        self.assertEqual(set(self.registry.rooms), {"lobby", "team-red"})
 
 
 class HS256Tests(AuthMixin, ServerTestCase):
@@ -157,7 +157,7 @@ class HS256Tests(AuthMixin, ServerTestCase):
         yield intruder.expect_error("FORBIDDEN")
         yield self.roundtrip(holder)
         self.assertFalse(holder.closed.called)
-        self.assertEqual(self.hub.peers["alice"].address.rsplit(":", 1)[1],
+        self.assertEqual(self.registry.peers["alice"].address.rsplit(":", 1)[1],
                          str(holder.transport.getHost().port))
 
     @defer.inlineCallbacks
@@ -170,7 +170,7 @@ class HS256Tests(AuthMixin, ServerTestCase):
         yield new.expect("registered")
         code, reason = yield old.wait_closed()
         self.assertEqual((code, reason), (4001, "replaced"))
-        self.assertEqual(self.hub.peers["alice"].address.rsplit(":", 1)[1],
+        self.assertEqual(self.registry.peers["alice"].address.rsplit(":", 1)[1],
                          str(new.transport.getHost().port))
 
 
@@ -206,8 +206,8 @@ class AuthRequiredTests(ServerTestCase):
         yield client.expect_error("UNAUTHORIZED")
         client.send({"type": "offer", "to": "watcher", "offer": {}})
         yield client.expect_error("REGISTRATION_REQUIRED")
-        self.assertEqual(set(self.hub.identities), {"watcher"})
-        self.assertEqual(self.hub.rooms, {})
+        self.assertEqual(set(self.registry.identities), {"watcher"})
+        self.assertEqual(self.registry.rooms, {})
         yield self.roundtrip(watcher)
         watcher.assert_quiet()  # no presence for alice
 
@@ -233,7 +233,7 @@ class OriginPatternTests(ServerTestCase):
             with self.assertRaises(ConnectionRefused) as refused:
                 yield self.connect(headers={"Origin": origin})
             self.assertIn("403", str(refused.exception), origin)
-        self.assertEqual(self.hub.sessions, set())
+        self.assertEqual(self.registry.sessions, set())
         self.assertEqual(self.service.factory.gate.open, 0)
 
 
@@ -351,7 +351,7 @@ class TrustedProxyTests(ServerTestCase):
         with self.assertRaises(ConnectionRefused) as refused:
             yield self.connect(headers={"X-Forwarded-For": "203.0.113.1"})
         self.assertIn("503", str(refused.exception))
-        addresses = sorted(s.address.rsplit(":", 1)[0] for s in self.hub.sessions)
+        addresses = sorted(s.address.rsplit(":", 1)[0] for s in self.registry.sessions)
         self.assertEqual(addresses, ["203.0.113.1", "203.0.113.2"])
 
 
@@ -365,7 +365,7 @@ class UntrustedProxyTests(ServerTestCase):
             yield self.connect(headers={"X-Forwarded-For": "203.0.113.2"})
         self.assertIn("503", str(refused.exception))
         yield self.roundtrip(a)
-        self.assertEqual([s.address.rsplit(":", 1)[0] for s in self.hub.sessions],
+        self.assertEqual([s.address.rsplit(":", 1)[0] for s in self.registry.sessions],
                          ["127.0.0.1"])
 
 
@@ -416,20 +416,20 @@ class SlowConsumerTests(ServerTestCase):
         slow = yield self.register("slow")
         sender = yield self.register("sender")
         healthy = yield self.register("healthy")
-        slow_session = self.hub.peers["slow"]
+        slow_session = self.registry.peers["slow"]
         slow.transport.pauseProducing()
         payload = "x" * (16 * 1024)
         sent = 0
-        while self.hub.identities.get("slow") is slow_session and sent < 2000:
+        while self.registry.identities.get("slow") is slow_session and sent < 2000:
             for _ in range(20):
                 sender.send({"type": "message", "to": "slow", "payload": payload})
                 sent += 1
             sender.send({"type": "message", "to": "healthy", "payload": sent})
             message = yield healthy.expect("message", skip=("peer-status",))
             self.assertEqual((message["from"], message["payload"]), ("sender", sent))
-        yield wait_for(lambda: slow_session not in self.hub.sessions,
+        yield wait_for(lambda: slow_session not in self.registry.sessions,
                        "the slow consumer's session to go")
-        self.assertNotIn("slow", self.hub.peers)
+        self.assertNotIn("slow", self.registry.peers)
         self.assertEqual(slow_session.conn.localCloseCode, 1013)
         slow.transport.resumeProducing()
         yield slow.wait_closed()
@@ -452,7 +452,7 @@ class FieldCapTests(ServerTestCase):
         client.send({"type": "register", "peerId": "a", "deviceInfo": {"model": "m" * 100}})
         error = yield client.expect_error("INVALID_FIELD")
         self.assertIn("deviceInfo", error["error"])
-        self.assertNotIn("a", self.hub.identities)
+        self.assertNotIn("a", self.registry.identities)
         client.send({"type": "register", "peerId": "a", "deviceInfo": {"model": "m" * 10}})
         yield client.expect("registered")
 
@@ -465,7 +465,7 @@ class FieldCapTests(ServerTestCase):
         client.send({"type": "join-room", "roomId": "r" * 129, "sender": "u"})
         error = yield client.expect_error("INVALID_FIELD")
         self.assertIn("roomId", error["error"])
-        self.assertEqual(self.hub.identities, {})
+        self.assertEqual(self.registry.identities, {})
         client.send({"type": "register", "peerId": "p" * 128})
         yield client.expect("registered")
 

@@ -42,7 +42,7 @@ class HeartbeatTests(ServerTestCase):
         self.assertNotEqual(code, 1000)
         status = yield watcher.expect("peer-status")
         self.assertEqual((status["peerId"], status["status"]), ("ghost", "offline"))
-        self.assertEqual(len(self.hub.sessions), 1)
+        self.assertEqual(len(self.registry.sessions), 1)
 
     @defer.inlineCallbacks
     def test_any_message_counts_as_life(self):
@@ -51,16 +51,16 @@ class HeartbeatTests(ServerTestCase):
             self.clock.advance(30)
             silent.send({"type": "ping"})
             yield silent.expect("pong")
-        self.assertEqual(len(self.hub.sessions), 1)
+        self.assertEqual(len(self.registry.sessions), 1)
 
     @defer.inlineCallbacks
     def test_pong_keeps_connection(self):
         client = yield self.connect()
         for _ in range(3):
             self.clock.advance(30)
-            [session] = self.hub.sessions
+            [session] = self.registry.sessions
             yield wait_for(lambda: session.alive, "the server to see the pong to its ping")
-        self.assertEqual(len(self.hub.sessions), 1)
+        self.assertEqual(len(self.registry.sessions), 1)
         self.assertFalse(client.closed.called)
 
 
@@ -94,7 +94,7 @@ class StatsLineTests(ServerTestCase):
         # Every connection closes: the current count returns to exactly zero.
         for client in list(self.clients):
             yield client.drop()
-        yield wait_for(lambda: not self.hub.sessions, "every session to close")
+        yield wait_for(lambda: not self.registry.sessions, "every session to close")
         self.clock.advance(300)
         self.assertEqual(self.lines[-1], "[Stats] 连接数: 0, 总连接: 5, 转发消息: 2, 离线消息: 2")
 
@@ -174,7 +174,7 @@ class ShutdownTests(ServerTestCase):
         code, _ = yield polite.wait_closed()
         self.assertEqual(code, 1001)
         yield stubborn.wait_closed()
-        self.assertEqual(self.hub.sessions, set())
+        self.assertEqual(self.registry.sessions, set())
 
 
 class ListenTests(unittest.TestCase):

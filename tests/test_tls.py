@@ -14,7 +14,7 @@ import ssl
 import warnings
 
 from OpenSSL import SSL
-from twisted.internet import defer, protocol, task, threads
+from twisted.internet import defer, protocol, threads
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
@@ -478,36 +478,3 @@ class ReloadTests(TLSTestCase):
         self.assertEqual(len(self.errors), 1)
         self.assertIn("does not exist", self.errors[0]["reason"])
         yield self.assert_verified_exchange(self.port, self.files.leaf.serial)
-
-    def test_watch_reloads_on_change(self):
-        clock = task.Clock()
-        self.tls.watch(clock, 10)
-        self.addCleanup(self.tls.stop_watching)
-        clock.advance(10)
-        self.assertEqual(self.tls.certificate.serial_number, self.files.leaf.serial)
-        renewed = self.renew()
-        clock.advance(10)
-        self.assertEqual(self.tls.certificate.serial_number, renewed.leaf.serial)
-
-    def test_watch_survives_broken_files(self):
-        clock = task.Clock()
-        self.tls.watch(clock, 10)
-        self.addCleanup(self.tls.stop_watching)
-        self.files.key.write_bytes(b"not a key")
-        clock.advance(10)
-        self.assertEqual(self.tls.certificate.serial_number, self.files.leaf.serial)
-        self.assertEqual(len(self.errors), 1)
-        clock.advance(10)
-        self.assertEqual(len(self.errors), 1, "unchanged broken files are not retried")
-        renewed = self.renew()
-        clock.advance(10)
-        self.assertEqual(self.tls.certificate.serial_number, renewed.leaf.serial)
-
-    def test_stop_watching(self):
-        clock = task.Clock()
-        self.tls.watch(clock, 10)
-        self.tls.stop_watching()
-        self.assertEqual(clock.getDelayedCalls(), [])
-        self.renew()
-        clock.advance(10)
-        self.assertEqual(self.tls.certificate.serial_number, self.files.leaf.serial)

@@ -102,7 +102,7 @@ class WssTests(SystemTempMixin, ServerTestCase):
     def test_plain_client_on_tls_port_fails(self):
         self.start_tls(tls_cert=str(self.files.fullchain), tls_key=str(self.files.key))
         yield self.assertFailure(connect(f"ws://127.0.0.1:{self.port}/"), ConnectionRefused)
-        self.assertEqual(self.hub.sessions, set())
+        self.assertEqual(self.registry.sessions, set())
 
     @defer.inlineCallbacks
     def test_https_health_on_the_same_port(self):

@@ -2,7 +2,21 @@
 
 import sys
 
-from signaling.bench.cli import main
+
+def _main() -> int:
+    try:
+        from signaling.bench.cli import main
+    except ImportError as e:
+        if e.name in ("picows", "uvloop"):
+            print(
+                f"signaling.bench needs the 'bench' extra ({e.name} is missing): "
+                "pip install 'signaling[bench]' (or, in a checkout, pip install '.[bench]')",
+                file=sys.stderr,
+            )
+            return 2
+        raise
+    return main()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())

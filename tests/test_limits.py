@@ -1,11 +1,11 @@
-"""Tests for signaling.ratelimit with a fake clock."""
+"""Tests for signaling.limits with a fake clock."""
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from signaling.ratelimit import (
+from signaling.limits import (
     AbuseTracker,
     AddressCounter,
     RateDecision,

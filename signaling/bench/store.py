@@ -1,7 +1,7 @@
 """
 Measure the offline enqueue rate of the SQLite store.
 
-    python -m signaling.bench_store --db /tmp/bench.sqlite -n 20000
+    python -m signaling.bench.store --db /tmp/bench.sqlite -n 20000
 
 Opens (or creates) the store, then enqueues ``-n`` messages for
 ``--peers`` recipients, ``--burst`` per reactor turn (as if that many
@@ -19,13 +19,13 @@ import time
 
 from twisted.internet import defer, task
 
-from .sqlite_store import SqliteStore
-from .store import StoreLimits
+from ..sqlite_store import SqliteStore
+from ..store import StoreLimits
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options of the benchmark."""
-    parser = argparse.ArgumentParser(prog="python -m signaling.bench_store")
+    parser = argparse.ArgumentParser(prog="python -m signaling.bench.store")
     parser.add_argument("--db", required=True, help="SQLite file (created if missing)")
     parser.add_argument("-n", type=int, default=20000, help="messages to enqueue")
     parser.add_argument("--peers", type=int, default=1000, help="distinct recipients")
@@ -84,7 +84,7 @@ def run(reactor, argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point for ``python -m signaling.bench_store``."""
+    """Entry point for ``python -m signaling.bench.store``."""
     import sys
 
     task.react(run, [sys.argv[1:] if argv is None else argv])

@@ -1,10 +1,13 @@
 """
-The WebSocket fast paths against Autobahn's own frame handling.
+:mod:`signaling.internals`, the door to Autobahn's private state: its
+version and attribute checks, and its fast paths against Autobahn's own
+frame handling.
 
 Each inbound case feeds the same wire bytes to two connections, one with the
 fast path and one with it switched off, and compares what the hub was handed
 and every byte written back (replies and close frames). Outbound frames are
-compared byte for byte with Autobahn's ``sendMessage``.
+compared byte for byte with Autobahn's ``sendMessage``. The whole protocol
+over real sockets on both paths is compared in ``test_public_path.py``.
 """
 
 from __future__ import annotations
@@ -23,19 +26,20 @@ from twisted.trial import unittest
 
 from autobahn.websocket.protocol import WebSocketProtocol
 
+from signaling import internals
 from signaling.config import Config
 from signaling.hub import Hub
+from signaling.internals import (
+    FastSignalingFactory,
+    FastSignalingProtocol,
+    text_frame,
+    unmask,
+)
+from signaling.limits import ConnectionGate
 from signaling.metrics import Metrics
 from signaling.origins import OriginPolicy
 from signaling.proxies import ProxyPolicy
 from signaling.store import MemoryStore
-from signaling.websocket import (
-    ConnectionGate,
-    SignalingFactory,
-    SignalingProtocol,
-    text_frame,
-    unmask,
-)
 
 HANDSHAKE = (
     b"GET / HTTP/1.1\r\n"
@@ -57,7 +61,7 @@ class Transport(StringTransport):
         self.producer = None
 
 
-class Recording(SignalingProtocol):
+class Recording(FastSignalingProtocol):
     """Records what reaches the message handler, as (bytes, isBinary)."""
 
     def __init__(self) -> None:
@@ -75,7 +79,7 @@ class AutobahnOnly(Recording):
 
     def onOpen(self) -> None:
         super().onOpen()
-        self._fast = False
+        self._fast_limit = 0
 
 
 def frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes | None = None) -> bytes:
@@ -115,7 +119,7 @@ def connect(protocol_class=Recording, max_message_size: int = 65536):
     metrics = Metrics(process=False)
     hub = Hub(config, clock, MemoryStore(), metrics)
     gate = ConnectionGate(OriginPolicy(), ProxyPolicy(), 0, 0)
-    factory = SignalingFactory(hub, gate, metrics, max_message_size, 1 << 20, 10.0)
+    factory = FastSignalingFactory(hub, gate, metrics, max_message_size, 1 << 20, 10.0)
     factory.protocol = protocol_class
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -300,7 +304,7 @@ class OutboundFrames(unittest.TestCase):
             payload = b"s" * n
             fast, fast_transport = connect(Recording)
             slow, slow_transport = connect(AutobahnOnly)
-            self.assertTrue(fast._fast)
+            self.assertGreater(fast._fast_limit, 0)
             fast.send(payload)
             slow.send(payload)
             self.assertEqual(fast_transport.value(), slow_transport.value(), n)
@@ -384,7 +388,8 @@ class ConnectionSetupTests(unittest.TestCase):
         import autobahn.websocket.protocol as autobahn_protocol
         from autobahn.util import hltype, hlval
 
-        proto, _ = connect()  # builds a factory, which swaps the helpers
+        self.assertTrue(internals.available())  # swaps the helpers
+        proto, _ = connect()
         value = {"k": [1, 2]}
         self.assertEqual(str(autobahn_protocol.pformat(value)), pprint.pformat(value))
         self.assertEqual(str(autobahn_protocol.hltype(connect)), hltype(connect))
@@ -392,3 +397,39 @@ class ConnectionSetupTests(unittest.TestCase):
         self.assertEqual("{x}".format(x=autobahn_twisted.hltype(connect)), hltype(connect))
         proto.connectionLost(Failure(ConnectionDone()))
 
+
+
+class CheckTests(unittest.TestCase):
+    """The checks that decide between the fast path and the public API."""
+
+    def setUp(self) -> None:
+        self.addCleanup(setattr, internals, "TESTED_VERSIONS", internals.TESTED_VERSIONS)
+        self.addCleanup(internals._checked.clear)
+
+    def test_installed_versions_pass(self) -> None:
+        self.assertEqual(internals.problems(), [])
+
+    def test_untested_version_is_a_problem(self) -> None:
+        internals.TESTED_VERSIONS = {"autobahn": ("1.0",), "twisted": ("1.0",)}
+        found = internals.problems()
+        self.assertEqual(len(found), 2)
+        self.assertIn("is not a tested version (1.0)", found[0])
+
+    def test_missing_attribute_is_a_problem(self) -> None:
+        self.patch(internals, "_OPEN_CONNECTION_ATTRIBUTES", ("state", "no_such_thing"))
+        self.assertEqual(
+            internals.problems(), ["an open connection has no attribute 'no_such_thing'"]
+        )
+
+    def test_problems_give_one_warning_and_the_public_path(self) -> None:
+        from twisted.logger import Logger, LogPublisher
+
+        internals._checked.clear()
+        internals.TESTED_VERSIONS = {"autobahn": ("1.0",), "twisted": ("26.10",)}
+        events: list[dict] = []
+        log = Logger(observer=LogPublisher(events.append))
+        self.assertFalse(internals.available(log))
+        self.assertFalse(internals.available(log))
+        self.assertEqual(len(events), 1)
+        self.assertIn("public API", events[0]["log_format"])
+        self.assertIn("autobahn", events[0]["problems"])

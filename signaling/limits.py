@@ -1,22 +1,29 @@
 """
-Rate limits and connection caps: pure bookkeeping with an injected clock.
+Enforcing limits: rate limits and connection caps, pure bookkeeping with an
+injected clock. (The limits' values have their one home in
+:class:`signaling.config.Config`.)
 
 - :class:`TokenBucket` paces one connection's messages.
 - :class:`AbuseTracker` decides when a connection that ignores
   ``RATE_LIMITED`` must be closed (1008).
 - :class:`RateLimiter` combines both into one decision per message.
 - :class:`AddressCounter` caps open connections per source address.
+- :class:`ConnectionGate` decides at the handshake whether a connection may
+  open (origin allow-list, total and per-address caps).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from .config import RATE_STRIKE_WINDOW, RATE_STRIKES
 
 __all__ = [
     "AbuseTracker",
     "AddressCounter",
+    "ConnectionGate",
     "Clock",
     "RateDecision",
     "RateLimiter",
@@ -96,7 +103,8 @@ class AbuseTracker:
     Memory is bounded: at most ``max_refusals + 1`` timestamps are kept.
     """
 
-    def __init__(self, clock: Clock, max_refusals: int = 20, window: float = 10.0) -> None:
+    def __init__(self, clock: Clock, max_refusals: int = RATE_STRIKES,
+                 window: float = RATE_STRIKE_WINDOW) -> None:
         """:raises ValueError: ``max_refusals`` < 0 or ``window`` not positive."""
         if max_refusals < 0:
             raise ValueError("max_refusals must not be negative")
@@ -159,8 +167,8 @@ class RateLimiter:
         rate: float,
         burst: int,
         clock: Clock,
-        max_refusals: int = 20,
-        window: float = 10.0,
+        max_refusals: int = RATE_STRIKES,
+        window: float = RATE_STRIKE_WINDOW,
     ) -> None:
         """See :class:`TokenBucket` and :class:`AbuseTracker` for the arguments."""
         self._clock = clock
@@ -231,3 +239,37 @@ class AddressCounter:
     def total(self) -> int:
         """Open connections from all addresses."""
         return sum(self._counts.values())
+
+
+class ConnectionGate:
+    """
+    Decides at the handshake whether a connection may open: origin
+    allow-list, total and per-address connection caps (0: no cap).
+    """
+
+    def __init__(self, origins: Any, proxies: Any, max_connections: int,
+                 max_per_address: int) -> None:
+        """
+        :param origins: a :class:`signaling.origins.OriginPolicy`
+        :param proxies: a :class:`signaling.proxies.ProxyPolicy`
+        """
+        self.origins = origins
+        self.proxies = proxies
+        self._max_connections = max_connections or None
+        self._max_per_address = max_per_address or None
+        self._addresses = AddressCounter()
+        self.open = 0
+
+    def acquire(self, address: str) -> str | None:
+        """Count a connection from ``address``; the refusal reason if it may not open."""
+        if self._max_connections is not None and self.open >= self._max_connections:
+            return "max_connections"
+        if not self._addresses.acquire(address, self._max_per_address):
+            return "per_ip"
+        self.open += 1
+        return None
+
+    def release(self, address: str) -> None:
+        """Forget a connection counted by :meth:`acquire`."""
+        self.open -= 1
+        self._addresses.release(address)

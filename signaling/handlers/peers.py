@@ -1,0 +1,178 @@
+"""
+Peer messages (PROTOCOL section 4): ``register``, ``get-peers``, directed
+relay with ``to``, and presence (``peer-status``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .. import messages as m
+from ..logs import log_event
+from ..maybe import then
+from ..messages import ProtocolError, encode, validate_id
+from ..session import Session
+from .context import Context
+from .offline import OfflineHandlers
+
+__all__ = ["PeerHandlers"]
+
+
+class PeerHandlers:
+    """Registration, peer lists, directed messages and presence."""
+
+    def __init__(self, ctx: Context, offline: OfflineHandlers) -> None:
+        self._ctx = ctx
+        self._offline = offline
+
+    def handlers(self) -> dict[str, Callable[[Session, dict[str, Any]], Any]]:
+        """The control types this family answers."""
+        return {"register": self.register, "get-peers": self.get_peers}
+
+    # -- register -------------------------------------------------------------
+
+    def register(self, session: Session, message: dict[str, Any]) -> Any:
+        """Bind and register a peer id, deliver its offline messages, announce it."""
+        ctx = self._ctx
+        peer_id = validate_id(message.get("peerId"), "peerId")
+        device_type, device_info = self._device_fields(message)
+        ctx.authorizer.authorize(session, peer_id, message)
+        if session.registered and session.identity == peer_id:
+            self._reply_registered(session, peer_id)
+            return None
+        return then(
+            ctx.registry.bind(session, peer_id), self._bound,
+            session, peer_id, device_type, device_info, message.get("ack") is True,
+        )
+
+    def _device_fields(self, message: dict[str, Any]) -> tuple[Any, Any]:
+        device_type = message.get("deviceType")
+        if device_type is not None and not isinstance(device_type, str):
+            raise ProtocolError(m.INVALID_FIELD, "'deviceType' must be a string")
+        device_info = message.get("deviceInfo")
+        if device_info is not None:
+            if not isinstance(device_info, dict):
+                raise ProtocolError(m.INVALID_FIELD, "'deviceInfo' must be an object")
+            limit = self._ctx.config.max_device_info_bytes
+            if len(encode(device_info)) > limit:
+                raise ProtocolError(
+                    m.INVALID_FIELD, f"'deviceInfo' must be at most {limit} bytes"
+                )
+        return device_type, device_info
+
+    def _bound(self, replaced: Session | None, session: Session, peer_id: str,
+               device_type: Any, device_info: Any, ack_mode: bool) -> Any:
+        ctx = self._ctx
+        take_over(ctx, session, replaced)
+        session.ack_mode = ack_mode
+        return then(
+            ctx.registry.register(session, device_type, device_info),
+            self._registered, session, peer_id,
+        )
+
+    def _registered(self, _: Any, session: Session, peer_id: str) -> Any:
+        log_event(self._ctx.log, "register", peer=session.address, identity=peer_id)
+        self._reply_registered(session, peer_id)
+        return then(self._offline.deliver(session), self._announce_online, session)
+
+    def _reply_registered(self, session: Session, peer_id: str) -> None:
+        self._ctx.reply(
+            session, {"type": "registered", "peerId": peer_id, "serverTime": self._ctx.now_ms()}
+        )
+
+    def _announce_online(self, _: Any, session: Session) -> None:
+        self.announce(session, "online")
+
+    # -- presence -------------------------------------------------------------
+
+    def announce(self, session: Session, status: str) -> None:
+        """Tell every other registered peer that ``session``'s peer came or went."""
+        ctx = self._ctx
+        if ctx.config.presence != "all":
+            return
+        message: dict[str, Any] = {"type": "peer-status", "peerId": session.identity, "status": status}
+        if not ctx.config.hide_device_info:
+            message["deviceType"] = session.device_type
+            if status == "online":
+                message["deviceInfo"] = session.device_info
+        message["timestamp"] = ctx.now_ms()
+        ctx.registry.send_peers(encode(message), session)
+
+    # -- get-peers ------------------------------------------------------------
+
+    def get_peers(self, session: Session, message: dict[str, Any]) -> Any:
+        """Answer ``peers-list``: everyone, or a page when ``limit``/``cursor`` is given."""
+        config = self._ctx.config
+        paged = "cursor" in message or "limit" in message
+        limit = message.get("limit", config.peers_page_default)
+        if paged and (
+            not isinstance(limit, int) or isinstance(limit, bool)
+            or not 1 <= limit <= config.peers_page_max
+        ):
+            raise ProtocolError(
+                m.INVALID_FIELD, f"'limit' must be an integer from 1 to {config.peers_page_max}"
+            )
+        after = 0
+        if message.get("cursor") is not None:
+            cursor = message["cursor"]
+            if not isinstance(cursor, str) or not cursor.isdigit():
+                raise ProtocolError(m.INVALID_FIELD, "'cursor' must be a cursor from 'nextCursor'")
+            after = int(cursor)
+        return then(
+            self._ctx.registry.peers_page(session, after, limit if paged else None),
+            self._reply_peers, session,
+        )
+
+    def _reply_peers(self, page: Any, session: Session) -> None:
+        reply: dict[str, Any] = {"type": "peers-list"}
+        if page.more:
+            reply["nextCursor"] = str(page.peers[-1].registered_seq)
+        if self._ctx.config.hide_device_info:
+            reply["peers"] = [
+                {"peerId": peer.identity, "connectedAt": peer.connected_at} for peer in page.peers
+            ]
+        else:
+            reply["peers"] = [
+                {
+                    "peerId": peer.identity,
+                    "deviceType": peer.device_type,
+                    "deviceInfo": peer.device_info,
+                    "connectedAt": peer.connected_at,
+                }
+                for peer in page.peers
+            ]
+        reply["count"] = len(page.peers)
+        reply["total"] = page.total
+        self._ctx.reply(session, reply)
+
+    # -- directed relay -------------------------------------------------------
+
+    def relay(self, session: Session, message: dict[str, Any]) -> Any:
+        """Forward a message with ``to`` to that peer, or store it while it is offline."""
+        if not session.registered:
+            raise ProtocolError(
+                m.REGISTRATION_REQUIRED, "send 'register' before messaging other peers"
+            )
+        ctx = self._ctx
+        to = validate_id(message["to"], "to")
+        out = dict(message)
+        out["from"] = session.identity
+        if out["type"] == "message" and "timestamp" not in out:
+            out["timestamp"] = ctx.now_ms()
+        target = ctx.registry.holder(to)
+        if target is not None:
+            target.send(encode(out))
+            ctx.relayed(out["type"], 1)
+            return None
+        return self._offline.route(session, to, out, message)
+
+
+def take_over(ctx: Context, session: Session, replaced: Session | None) -> None:
+    """``session`` took its id over from ``replaced`` (on this server): close the old one."""
+    if replaced is None:
+        return
+    log_event(
+        ctx.log, "takeover", peer=session.address, identity=session.identity,
+        old=replaced.address,
+    )
+    replaced.conn.close(m.CLOSE_REPLACED, "replaced")

@@ -1,0 +1,100 @@
+"""
+Room messages (PROTOCOL section 3): ``join-room``, ``leave-room`` and relay
+to the members of a room (``roomId``, optionally ``to`` one member).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from .. import messages as m
+from ..logs import log_event
+from ..maybe import then
+from ..messages import ProtocolError, encode, validate_id
+from ..session import Session
+from .context import Context
+from .peers import take_over
+
+__all__ = ["RoomHandlers"]
+
+
+class RoomHandlers:
+    """Joining, leaving and talking in rooms."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def handlers(self) -> dict[str, Callable[[Session, dict[str, Any]], Any]]:
+        """The control types this family answers."""
+        return {"join-room": self.join_room, "leave-room": self.leave_room}
+
+    def join_room(self, session: Session, message: dict[str, Any]) -> Any:
+        """Bind the ``sender`` id, join the room, tell the other members."""
+        ctx = self._ctx
+        room_id = validate_id(message.get("roomId"), "roomId")
+        user_id = validate_id(message.get("sender", session.identity), "sender")
+        ctx.authorizer.authorize(session, user_id, message)
+        ctx.authorizer.check_room(session, room_id)
+        return then(ctx.registry.bind(session, user_id), self._bound, session, room_id)
+
+    def _bound(self, replaced: Session | None, session: Session, room_id: str) -> Any:
+        take_over(self._ctx, session, replaced)
+        return then(self._ctx.registry.join(session, room_id), self._joined, session, room_id)
+
+    def _joined(self, joined: tuple[list[str], bool], session: Session, room_id: str) -> None:
+        ctx = self._ctx
+        others, new = joined
+        user_id = session.identity
+        if new:
+            log_event(ctx.log, "join", peer=session.address, identity=user_id, room=room_id)
+            ctx.registry.send_room(
+                room_id,
+                encode({"type": "user-joined", "userId": user_id, "roomId": room_id}),
+                session,
+            )
+        ctx.reply(
+            session,
+            {"type": "join-success", "roomId": room_id, "userId": user_id, "members": others},
+        )
+
+    def leave_room(self, session: Session, message: dict[str, Any]) -> Any:
+        """Leave a room, tell the members who stay."""
+        room_id = validate_id(message.get("roomId"), "roomId")
+        if room_id not in session.rooms:
+            raise ProtocolError(m.NOT_IN_ROOM, f"not a member of room '{room_id}'")
+        return then(self._ctx.registry.leave(session, room_id), self._left, session, room_id)
+
+    def _left(self, _: Any, session: Session, room_id: str) -> None:
+        self.announce_left(session, [room_id])
+        self._ctx.reply(session, {"type": "leave-success", "roomId": room_id})
+
+    def announce_left(self, session: Session, room_ids: Iterable[str]) -> None:
+        """Tell the members of each room ``session``'s identity left that it left."""
+        ctx = self._ctx
+        identity = session.identity
+        for room_id in room_ids:
+            log_event(ctx.log, "leave", peer=session.address, identity=identity, room=room_id)
+            ctx.registry.send_room(
+                room_id, encode({"type": "user-left", "userId": identity, "roomId": room_id}), None
+            )
+
+    def relay(self, session: Session, message: dict[str, Any]) -> None:
+        """Forward a message with ``roomId`` to the room, or to its member ``to``."""
+        ctx = self._ctx
+        room_id = validate_id(message["roomId"], "roomId")
+        if room_id not in session.rooms:
+            raise ProtocolError(m.NOT_IN_ROOM, f"not a member of room '{room_id}'")
+        out = dict(message)
+        out["sender"] = session.identity
+        if "to" in message:
+            to = validate_id(message["to"], "to")
+            target = ctx.registry.room_member(room_id, to)
+            if target is None or target is session:
+                raise ProtocolError(
+                    m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
+                )
+            target.send(encode(out))
+            delivered = 1
+        else:
+            delivered = ctx.registry.send_room(room_id, encode(out), session)
+        ctx.relayed(out["type"], delivered)
