@@ -421,8 +421,12 @@ class Hub:
             self._registrations += 1
             session.registered_seq = self._registrations
         session.registered = True
-        session.device_type = device_type
-        session.device_info = device_info
+        # A newcomer that took the id over keeps what the old registration
+        # said about the device unless it says otherwise.
+        if device_type is not None:
+            session.device_type = device_type
+        if device_info is not None:
+            session.device_info = device_info
         session.ack_mode = message.get("ack") is True
         self.peers[peer_id] = session
         log_event(self._log, "register", peer=session.address, identity=peer_id)
