@@ -26,7 +26,6 @@ from twisted.python.failure import Failure
 from .auth import TokenVerifier
 from .config import Config
 from .hub import Hub
-from .ice import validate_ice_url
 from .metrics import Metrics
 from .origins import OriginPolicy
 from .proxies import ProxyPolicy
@@ -96,9 +95,6 @@ class Policies:
         with _naming("--auth-public-key"):
             if config.auth_public_key:
                 verifier = TokenVerifier.from_public_key_file(config.auth_public_key)
-        with _naming("--stun-url/--turn-url"):
-            for url in (*config.stun_urls, *config.turn_urls):
-                validate_ice_url(url)
         with _naming("--allowed-origin"):
             origins = OriginPolicy(config.allowed_origins)
         return cls(
