@@ -283,7 +283,7 @@ class Options(usage.Options):
             raw = self.get(name)
             if raw is None:
                 raw = self._environ.get(_env_name(name))
-                if raw is None:
+                if raw is None or not raw.strip():  # NAME= in an environment file: unset
                     continue
                 from_environment[name] = _env_name(name)
             try:
