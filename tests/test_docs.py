@@ -61,6 +61,7 @@ class LogFormatTests(ProcessTestCase):
         [register] = yield server.wait_for_log(r"(?m)^.*register: .*$")
         [stats] = yield server.wait_for_log(r"(?m)^.*\[Stats\] .*$")
         example = self.documented(r"^\s*\d{4}-.*register: ")
+        self.assertIn("\n" + example + "\n", README)  # the README shows the same line
         self.assertEqual(shape(register.group(0)), shape(example))
         self.assertIn("registered as alice", register.group(0))
         for documented in (self.documented(r"^\[Stats\] 连接数: C"),
