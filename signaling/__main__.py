@@ -11,7 +11,7 @@ from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
 from .logs import json_observer, text_observer
-from .tap import Options
+from .tap import ENVIRONMENT, Options, log_warnings, usage_error_text
 
 #: ``--log-format`` value -> observer factory taking the output stream.
 LOG_FORMATS = {"text": text_observer, "json": json_observer}
@@ -20,11 +20,17 @@ LOG_FORMATS = {"text": text_observer, "json": json_observer}
 class MainOptions(Options):
     """The options of ``twistd signaling`` plus ``--log-format``."""
 
+    synopsis = "Usage: python -m signaling [options]"
+    command = "python -m signaling"
+    environment = ENVIRONMENT | {"SIGNALING_LOG_FORMAT"}
     optParameters = [
-        ["log-format", None, "text", "Log lines on stdout: text (readable) or json (one object a line)."],
+        ["log-format", None, None,
+         "Log lines on stdout: text (readable) or json (one object a line). [default: text]"],
     ]
 
     def postOptions(self) -> None:
+        if self["log-format"] is None:
+            self["log-format"] = self._environ.get("SIGNALING_LOG_FORMAT", "text")
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(
                 f"--log-format: expected text or json, not {self['log-format']!r}"
@@ -38,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
-        print(f"{options}\nsignaling: error: {e}", file=sys.stderr)
+        print(usage_error_text(e, options.command), file=sys.stderr)
         return 2
 
     from twisted.internet import reactor
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     observer = LOG_FORMATS[options["log-format"]](sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    log_warnings(options)
     try:
         service = make_service(options.config, reactor, policies=options.policies)
         service.privilegedStartService()

@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .ice import validate_ice_url
+from .origins import OriginPolicy
+from .proxies import ProxyPolicy
+
 __all__ = [
     "Config",
     "MAX_ID_LENGTH",
@@ -178,6 +182,25 @@ class Config:
         for origin in self.allowed_origins:
             if not origin or origin != origin.strip():
                 raise ValueError(f"--allowed-origin {origin!r} is not an origin")
+        _check_patterns(self)
+
+
+def _check_patterns(config: Config) -> None:
+    """
+    The settings that are patterns, addresses or URLs (checked without
+    touching a file; files are checked by ``make_service``).
+    """
+    try:
+        OriginPolicy(config.allowed_origins)
+    except ValueError as e:
+        raise ValueError(e if "--allowed-origin" in str(e) else f"--allowed-origin: {e}") from None
+    ProxyPolicy(config.trusted_proxies)
+    for option, urls in (("--stun-url", config.stun_urls), ("--turn-url", config.turn_urls)):
+        for url in urls:
+            try:
+                validate_ice_url(url)
+            except ValueError as e:
+                raise ValueError(f"{option}: {e}") from None
 
 
 def _option(name: str) -> str:

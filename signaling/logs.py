@@ -18,9 +18,11 @@ or call the logger directly with the same fields::
              peer=peer, identity=peer_id)
 
 Two observers render events: :func:`text_observer` (one readable line each)
-and :func:`json_observer` (one JSON object per line). :func:`json_logger` is
-the zero-argument factory ``twistd --logger signaling.logs.json_logger``
-expects.
+and :func:`json_observer` (one JSON object per line). :func:`json_logger` and
+:func:`text_logger` are the zero-argument factories ``twistd --logger``
+expects; without ``--logger``, ``twistd signaling`` logs through
+:func:`twistd_text_observer`, so its lines look like those of
+``python -m signaling``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ __all__ = [
     "json_observer",
     "text_observer",
     "json_logger",
+    "text_logger",
+    "twistd_text_observer",
     "payload_for_log",
 ]
 
@@ -226,6 +230,47 @@ def json_logger() -> ILogObserver:
     into the log, so the stream is taken here, at call time.
     """
     return json_observer(sys.stdout)
+
+
+def text_logger() -> ILogObserver:
+    """
+    Readable lines on standard output, for ``twistd --logger
+    signaling.logs.text_logger`` (what ``twistd -n signaling`` does anyway).
+    """
+    return text_observer(sys.stdout)
+
+
+def twistd_text_observer(server_options: Any) -> ILogObserver | None:
+    """
+    The text observer for a ``twistd`` run, writing where twistd would write
+    its own lines: standard output with ``--nodaemon`` (unless ``--logfile``
+    names a file), else the ``--logfile`` (``twistd.log`` by default), which
+    SIGUSR1 rotates as with twistd. ``None`` when twistd's options chose
+    another logger (``--syslog``), when there are no twistd options, or with
+    ``--logger`` (which twistd prefers anyway).
+    """
+    if not hasattr(server_options, "get") or "logfile" not in server_options:
+        return None
+    if server_options.get("logger") or server_options.get("syslog"):
+        return None
+    name = server_options.get("logfile") or ""
+    if name == "-" or (not name and server_options.get("nodaemon")):
+        # twistd itself refuses "-" without --nodaemon, before this is used.
+        return text_observer(sys.stdout)
+    import signal
+
+    from twisted.python.logfile import LogFile
+
+    logfile = LogFile.fromFullPath(name or "twistd.log")
+    if not signal.getsignal(signal.SIGUSR1):
+
+        def rotate(signum: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(logfile.rotate)
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return text_observer(logfile)
 
 
 def payload_for_log(message: Any, log_payloads: bool = False) -> Any:

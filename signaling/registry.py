@@ -84,7 +84,11 @@ class IRegistry(Interface):
         """
 
     def register(session, device_type, device_info):
-        """Mark ``session``'s identity a registered peer, keeping its place in the order (global)."""
+        """
+        Mark ``session``'s identity a registered peer, keeping its place in
+        the order (global). A device field given as None keeps the value the
+        session has (inherited by a takeover).
+        """
 
     def join(session, room_id):
         """
@@ -213,8 +217,12 @@ class LocalRegistry:
             self._registrations += 1
             session.registered_seq = self._registrations
             session.registered = True
-        session.device_type = device_type
-        session.device_info = device_info
+        # A newcomer that took the id over keeps what the old registration
+        # said about the device unless it says otherwise.
+        if device_type is not None:
+            session.device_type = device_type
+        if device_info is not None:
+            session.device_info = device_info
         self.peers[session.identity] = session  # type: ignore[index]
 
     def join(self, session: Session, room_id: str) -> tuple[list[str], bool]:

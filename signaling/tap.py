@@ -11,20 +11,30 @@ commas or whitespace.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import sys
 from dataclasses import MISSING, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NoReturn
 
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
+from . import __version__
 from .config import Config
+from .logs import twistd_text_observer
 from .service import Policies
 from .tls import check_listen_description
 
-__all__ = ["Options", "makeService"]
+__all__ = [
+    "ENVIRONMENT", "Options", "environment_warnings", "log_warnings", "makeService",
+    "usage_error_text", "version_text",
+]
+
+_log = Logger()
 
 
 def _port(text: str) -> int | None:
@@ -113,14 +123,75 @@ _FLAGS: list[tuple[str, str, str]] = [
 _DEFAULTS = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
 
 
+def _default_note(field: str) -> str:
+    default = _DEFAULTS[field]
+    return "" if default in (None, "") else f" [default: {default}]"
+
+
 def _env_name(option: str) -> str:
     return "PORT" if option == "port" else "SIGNALING_" + option.upper().replace("-", "_")
+
+
+def _options() -> list[str]:
+    return ([name for name, *_ in _PARAMETERS] + [name for name, _ in _REPEATABLE]
+            + [name for name, *_ in _FLAGS])
+
+
+#: Every environment variable the server reads, by name.
+ENVIRONMENT = frozenset(_env_name(option) for option in _options())
+
+#: Spellings people reach for, and the variable they mean.
+_ALIASES = {"SIGNALING_PORT": "PORT"}
+
+
+def environment_warnings(environ: Mapping[str, str], known: frozenset[str] = ENVIRONMENT) -> list[str]:
+    """
+    One warning per ``SIGNALING_*`` variable in ``environ`` that is not in
+    ``known`` (a misspelling would otherwise be ignored without a word),
+    naming the closest one that is.
+    """
+    warnings = []
+    spellings = sorted(known | set(_ALIASES))
+    for name in sorted(environ):
+        if not name.startswith("SIGNALING_") or name in known:
+            continue
+        close = difflib.get_close_matches(name, spellings, n=1)
+        hint = f" (did you mean {_ALIASES.get(close[0], close[0])}?)" if close else ""
+        warnings.append(f"environment variable {name} is not a setting and is ignored{hint}")
+    return warnings
+
+
+def version_text() -> str:
+    """What ``--version`` prints: our version and those it runs on."""
+    import platform
+
+    import autobahn
+    from twisted import copyright
+
+    return (f"signaling {__version__} (Twisted {copyright.version}, "
+            f"Autobahn {autobahn.__version__}, Python {platform.python_version()})")
+
+
+def usage_error_text(error: Exception, command: str) -> str:
+    """The two lines a usage error prints: the message, then where help is."""
+    return f"signaling: error: {error}\nRun '{command} --help' to see every option."
+
+
+def _name_sources(message: str, from_environment: Mapping[str, str]) -> str:
+    """Name the environment variable instead of the option for values that came from there."""
+    for option, variable in from_environment.items():
+        message = re.sub(rf"--{re.escape(option)}(?![\w-])", variable, message)
+    return message
 
 
 class Options(usage.Options):
     """Command-line options of ``twistd signaling`` and ``python -m signaling``."""
 
     synopsis = "[options]"
+    #: How the user ran us, for the hint after a usage error.
+    command = "twistd signaling"
+    #: The environment variables read.
+    environment = ENVIRONMENT
     longdesc = (
         "WebRTC signaling server: rooms, directed offers/answers/ICE candidates, presence and "
         "a durable offline store, over WebSocket (ws:// or wss://) on one port, with /health "
@@ -128,7 +199,7 @@ class Options(usage.Options):
         "SIGNALING_<OPTION> (PORT for --port)."
     )
     optParameters = [
-        [name, short, None, f"{text} [default: {_DEFAULTS[field]}]"]
+        [name, short, None, text + _default_note(field)]
         for name, short, field, _, text in _PARAMETERS
     ]
     optFlags = [[name, None, text] for name, _, text in _FLAGS]
@@ -138,8 +209,30 @@ class Options(usage.Options):
         self._environ = os.environ if environ is None else environ
         for name, _ in _REPEATABLE:
             self[name] = []
+        # Docstrings are indented; help lines are not.
+        self.docs = {name: " ".join(doc.split()) if doc else doc for name, doc in self.docs.items()}
         self.config: Config | None = None
         self.policies: Policies | None = None
+        #: Problems worth a warning at start (see :func:`environment_warnings`).
+        self.warnings: list[str] = []
+
+    def opt_version(self) -> NoReturn:
+        """Print the version of the server (and of Twisted, Autobahn, Python) and exit."""
+        print(version_text())
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse ``options``. Under ``twistd`` a usage error prints its message
+        and a hint (not twistd's whole help) and exits with status 2.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            print(usage_error_text(e, self.command), file=sys.stderr)
+            sys.exit(2)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -183,29 +276,32 @@ class Options(usage.Options):
         """
         self["turn-url"].append(url)
 
-    def _raw(self, option: str) -> str | None:
-        value = self.get(option)
-        if value is None:
-            value = self._environ.get(_env_name(option))
-        return value
-
     def postOptions(self) -> None:
         values: dict[str, Any] = {}
+        # option -> environment variable, for the values read from there
+        from_environment: dict[str, str] = {}
         for name, _, field, convert, _ in _PARAMETERS:
-            raw = self._raw(name)
+            raw = self.get(name)
             if raw is None:
-                continue
+                raw = self._environ.get(_env_name(name))
+                if raw is None or not raw.strip():  # NAME= in an environment file: unset
+                    continue
+                from_environment[name] = _env_name(name)
             try:
                 values[field] = convert(raw)
             except ValueError:
-                raise usage.UsageError(f"--{name}: invalid value {raw!r}")
+                source = from_environment.get(name, f"--{name}")
+                raise usage.UsageError(f"{source}: invalid value {raw!r}")
         for name, field in _REPEATABLE:
             given = list(self[name])
             if not given and self._environ.get(_env_name(name)):
                 given = re.split(r"[,\s]+", self._environ[_env_name(name)].strip())
+                from_environment[name] = _env_name(name)
             values[field] = tuple(given)
         for name, field, _ in _FLAGS:
             raw = self._environ.get(_env_name(name))
+            if not self[name] and raw is not None:
+                from_environment[name] = _env_name(name)
             try:
                 values[field] = bool(self[name]) or (raw is not None and _flag(raw))
             except ValueError as e:
@@ -218,11 +314,18 @@ class Options(usage.Options):
             for description in self.config.listen:
                 check_listen_description(description)
         except ValueError as e:  # TLSConfigError is one too
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(_name_sources(str(e), from_environment))
+        self.warnings = environment_warnings(self._environ, self.environment)
         for option, descriptions in (("--listen", self.config.listen),
                                      ("--metrics-listen", self.config.metrics_listen)):
             for description in descriptions:
                 _check_endpoint(option, description)
+
+
+def log_warnings(options: Options) -> None:
+    """Log the warnings found while parsing ``options`` (once logging has a destination)."""
+    for warning in options.warnings:
+        _log.warn("{warning}", warning=warning)
 
 
 def _check_endpoint(option: str, description: str) -> None:
@@ -249,21 +352,33 @@ def makeService(options: Options) -> Any:
     from .sqlite_store import StoreOpenError
 
     assert options.config is not None
+    log_warnings(options)
     try:
         service = make_service(options.config, reactor, policies=options.policies)
     except (StoreOpenError, ValueError, OSError) as e:
         raise SystemExit(f"signaling: cannot start: {e}")
     install_signal_handlers(reactor, service)
     freeze_startup_objects()
-    return _ExitIfCannotListen(service)
+    return _TwistdService(service, twistd_text_observer(getattr(options, "parent", None)))
 
 
-class _ExitIfCannotListen(MultiService):
-    """twistd glue: a port that cannot be bound exits with a message, not a traceback."""
+class _TwistdService(MultiService):
+    """
+    twistd glue: a port that cannot be bound exits with a message, not a
+    traceback; and the application logs in the server's own text format
+    (``observer``, set as the application's log observer, which twistd uses
+    unless ``--logger`` names another).
+    """
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Any, observer: ILogObserver | None) -> None:
         super().__init__()
+        self._observer = observer
         service.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self._observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._observer)
 
     def privilegedStartService(self) -> None:
         try:

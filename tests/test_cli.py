@@ -7,6 +7,7 @@ import sqlite3
 from twisted.internet import defer
 
 from processes import MODULE, ProcessTestCase, last_line, occupied_port, run
+from signaling import __version__
 
 
 class ServeTests(ProcessTestCase):
@@ -47,15 +48,33 @@ class CommandLineTests(ProcessTestCase):
         for option in ("--port", "--db", "--tls-cert", "--listen", "--presence"):
             self.assertIn(option, result.stdout)
 
-    def test_usage_errors_exit_2(self):
+    def test_help_starts_with_a_usage_line(self):
+        result = run(MODULE, ["--help"], self.mkdtemp())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(result.stdout.startswith("Usage: python -m signaling [options]\n"),
+                        result.stdout[:200])
+        self.assertIn("--log-format", result.stdout)
+
+    def test_version(self):
+        result = run(MODULE, ["--version"], self.mkdtemp())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(result.stdout.startswith(f"signaling {__version__} (Twisted "), result.stdout)
+
+    def test_usage_errors_exit_2_with_the_message_and_a_hint(self):
         directory = self.mkdtemp()
-        for args, name in ((["--port", "abc"], "--port"),
-                           (["--no-such-option"], "no-such-option"),
-                           (["--presence", "some"], "--presence")):
-            result = run(MODULE, ["--db", ":memory:", *args], directory)
+        for args, env, name in ((["--port", "abc"], {}, "--port"),
+                                ([], {"PORT": "abc"}, "PORT"),
+                                (["--no-such-option"], {}, "no-such-option"),
+                                (["--presence", "some"], {}, "--presence"),
+                                ([], {"SIGNALING_LOG_FORMAT": "xml"}, "--log-format")):
+            result = run(MODULE, ["--db", ":memory:", *args], directory, env)
             self.assertEqual(result.returncode, 2, (args, result.stdout, result.stderr))
-            self.assertIn(name, last_line(result.stderr))
-            self.assertNotIn("Traceback", result.stderr)
+            lines = result.stderr.splitlines()
+            self.assertEqual(len(lines), 2, result.stderr)
+            self.assertTrue(lines[0].startswith("signaling: error: "), lines)
+            self.assertIn(name, lines[0])
+            self.assertEqual(lines[1], "Run 'python -m signaling --help' to see every option.")
+            self.assertEqual(result.stdout, "")
         self.assertEqual(os.listdir(directory), [])
 
     def test_corrupt_db_refused_and_left_alone(self):

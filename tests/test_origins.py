@@ -139,3 +139,19 @@ class NormalizeTests(SynchronousTestCase):
         self.assertEqual(normalize_origin("HTTPS://A.test:443"), "https://a.test")
         self.assertEqual(normalize_origin("wss://a.test:444"), "wss://a.test:444")
         self.assertIsNone(normalize_origin("null"))
+
+
+class ConfigRefusesTests(SynchronousTestCase):
+    """Config refuses bad patterns itself, before any service is built (README: Embedding)."""
+
+    def test_bad_patterns_refused_by_config(self):
+        from signaling.config import Config
+
+        for fields, option in (({"allowed_origins": ("https://*",)}, "--allowed-origin"),
+                               ({"allowed_origins": ("example.com",)}, "--allowed-origin"),
+                               ({"trusted_proxies": ("proxy.example",)}, "--trusted-proxy"),
+                               ({"stun_urls": ("http://stun.example",)}, "--stun-url")):
+            with self.assertRaises(ValueError) as raised:
+                Config(db=":memory:", **fields)
+            self.assertIn(option, str(raised.exception), fields)
+        Config(db=":memory:", allowed_origins=("https://*.example.com",))

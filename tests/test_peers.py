@@ -207,6 +207,31 @@ class TakeoverTests(ServerTestCase):
         self.assertEqual(len(self.registry.sessions), 3)
 
     @defer.inlineCallbacks
+    def test_takeover_keeps_the_device_fields_the_newcomer_omits(self):
+        watcher = yield self.register("watcher")
+        yield self.register("p1", deviceType="mobile", deviceInfo={"platform": "ios"})
+        yield watcher.expect("peer-status")
+
+        # Reconnecting without device fields: the old registration's are kept.
+        yield self.register("p1")
+        status = yield watcher.expect("peer-status")
+        self.assertEqual((status["status"], status["deviceType"], status["deviceInfo"]),
+                         ("online", "mobile", {"platform": "ios"}))
+        # A field the newcomer sends wins; the one it omits is still inherited.
+        yield self.register("p1", deviceInfo={"platform": "android"})
+        status = yield watcher.expect("peer-status")
+        self.assertEqual((status["deviceType"], status["deviceInfo"]),
+                         ("mobile", {"platform": "android"}))
+        yield self.register("p1", deviceType="tablet")
+        status = yield watcher.expect("peer-status")
+        self.assertEqual((status["deviceType"], status["deviceInfo"]),
+                         ("tablet", {"platform": "android"}))
+        watcher.send({"type": "get-peers"})
+        [peer] = (yield watcher.expect("peers-list"))["peers"]
+        self.assertEqual((peer["peerId"], peer["deviceType"], peer["deviceInfo"]),
+                         ("p1", "tablet", {"platform": "android"}))
+
+    @defer.inlineCallbacks
     def test_late_close_of_replaced_socket_keeps_newcomer(self):
         watcher = yield self.register("watcher")
         old = yield self.register("p1")

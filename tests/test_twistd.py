@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from processes import (
     occupied_port,
     run,
 )
+from signaling import __version__
 from signaling.tap import Options
 
 #: ``twistd`` itself, without the plugin name.
@@ -154,7 +156,34 @@ class ServeTests(ProcessTestCase):
         self.assertEqual(sorted(os.listdir(directory)), ["offline.sqlite"])
 
 
+def help_texts(help_output):
+    """The option descriptions of a ``--help`` output (without the option column)."""
+    texts = []
+    for line in help_output.splitlines():
+        match = re.match(r"^\s+(?:-\w, )?--[\w-]+=?\s+(.*)$", line)
+        texts.append(match.group(1) if match else line.strip())
+    return texts
+
+
 class HelpTests(ProcessTestCase):
+    def test_version_is_ours(self):
+        result = run(TWISTD, ["--version"], self.mkdtemp())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(
+            result.stdout,
+            rf"^signaling {re.escape(__version__)} \(Twisted [\w.]+, Autobahn [\w.]+, Python [\w.]+\)\n$",
+        )
+
+    def test_help_starts_with_usage_and_has_no_runs_of_spaces(self):
+        result = run(TWISTD, ["--help"], self.mkdtemp())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(result.stdout.startswith("Usage: twistd [options] signaling [options]\n"),
+                        result.stdout[:200])
+        crowded = [text for text in help_texts(result.stdout) if "  " in text]
+        self.assertEqual(crowded, [])
+        self.assertNotIn("[default: None]", result.stdout)
+        self.assertNotIn("[default: ]", result.stdout)
+
     def test_twistd_lists_the_plugin(self):
         result = run(TWISTD_ONLY, ["--help"], self.mkdtemp())
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -179,9 +208,10 @@ class BadValueTests(ProcessTestCase):
         (["--tls-cert", "cert.pem"], {}, "--tls-key"),
         (["--offline-max", "0"], {}, "--offline-max"),
         (["--tls-cert", "missing-cert.pem", "--tls-key", "missing-key.pem"], {}, "missing-cert.pem"),
-        ([], {"PORT": "abc"}, "--port"),
-        ([], {"SIGNALING_OFFLINE_MAX": "0"}, "--offline-max"),
-        ([], {"SIGNALING_SHUTDOWN_TIMEOUT": "soon"}, "--shutdown-timeout"),
+        ([], {"PORT": "abc"}, "PORT"),
+        ([], {"SIGNALING_OFFLINE_MAX": "0"}, "SIGNALING_OFFLINE_MAX"),
+        ([], {"SIGNALING_SHUTDOWN_TIMEOUT": "soon"}, "SIGNALING_SHUTDOWN_TIMEOUT"),
+        ([], {"SIGNALING_HIDE_DEVICE_INFO": "maybe"}, "SIGNALING_HIDE_DEVICE_INFO"),
     ]
 
     def run_all(self, cases):
@@ -205,14 +235,25 @@ class BadValueTests(ProcessTestCase):
     def test_bad_values_exit_with_a_message_naming_the_option(self):
         problems = []
         for (args, env, name), code, out in self.run_all(self.cases):
-            if code == 0:
-                problems.append(f"{args} {env}: exit status 0")
-            elif name not in last_line(out) or "Traceback" in out:
-                problems.append(f"{args} {env}: no clear message naming {name}:\n{out}")
+            lines = out.splitlines()
+            if code != 2:
+                problems.append(f"{args} {env}: exit status {code}")
+            elif len(lines) != 2 or name not in lines[0] or not lines[0].startswith("signaling: error: "):
+                problems.append(f"{args} {env}: not one message naming {name} and a hint:\n{out}")
+            elif lines[1] != "Run 'twistd signaling --help' to see every option.":
+                problems.append(f"{args} {env}: no hint:\n{out}")
         self.assertEqual(problems, [])
 
     def test_unknown_listen_endpoint_is_a_usage_error(self):
         [(_, code, out)] = self.run_all([(["--listen", "nonsense:1"], {}, "nonsense")])
-        self.assertNotEqual(code, 0)
-        self.assertIn("nonsense", last_line(out))
+        self.assertEqual(code, 2)
+        self.assertIn("nonsense", out.splitlines()[0])
         self.assertNotIn("Traceback", out)
+
+    def test_unknown_option_is_a_usage_error_without_the_help(self):
+        [(_, code, out)] = self.run_all([(["--no-such-option"], {}, "")])
+        self.assertEqual(code, 2)
+        self.assertEqual(out.splitlines(), [
+            "signaling: error: option --no-such-option not recognized",
+            "Run 'twistd signaling --help' to see every option.",
+        ])

@@ -22,11 +22,12 @@ from ..store import IOfflineStore
 
 __all__ = ["Context"]
 
+#: Every protocol event is logged under the namespace ``signaling.hub``.
+_log = Logger(namespace="signaling.hub")
+
 
 class Context:
     """The services handlers use; built once by the hub."""
-
-    log = Logger(namespace="signaling.hub")
 
     def __init__(
         self,
@@ -37,6 +38,7 @@ class Context:
         authorizer: Authorizer,
         events: IServerEvents,
     ) -> None:
+        self.log = _log
         self.config = config
         self.clock = clock
         self.registry = registry
