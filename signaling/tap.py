@@ -21,6 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from .config import Config
+from .redis_url import redis_target
 from .service import Policies
 from .tls import check_listen_description
 
@@ -88,6 +89,19 @@ _PARAMETERS: list[tuple[str, str | None, str, Callable[[str], Any], str]] = [
     ("turn-secret", None, "turn_secret", str,
      "Secret shared with the TURN server (coturn static-auth-secret) for /ice-servers."),
     ("turn-ttl", None, "turn_ttl", float, "Seconds the TURN credentials of /ice-servers stay valid."),
+    ("redis", None, "redis_url", str,
+     "Cluster mode: the Redis server shared by every process, redis://[[user]:password@]host[:port][/db],"
+     " rediss://... (TLS) or unix:///path[?db=N] (see docs/cluster.md)."),
+    ("redis-password-file", None, "redis_password_file", str,
+     "File holding the Redis password (keeps it out of the command line)."),
+    ("redis-prefix", None, "redis_prefix", str, "Prefix of every Redis key and channel."),
+    ("redis-timeout", None, "redis_timeout", float,
+     "Seconds a Redis command may take before it counts as failed."),
+    ("node-timeout", None, "node_timeout", float,
+     "Seconds after which the peers of a node that stopped answering count as offline."),
+    ("workers", None, "workers", int,
+     "Worker processes serving the listening sockets, which this process binds (more than 1"
+     " needs --redis; see docs/workers.md)."),
 ]
 
 # (option, Config field): options that may be given several times; their
@@ -216,6 +230,7 @@ class Options(usage.Options):
             Policies.from_config(self.config)
             for description in self.config.listen:
                 check_listen_description(description)
+            redis_target(self.config.redis_url, self.config.redis_password_file)
         except ValueError as e:  # TLSConfigError is one too
             raise usage.UsageError(str(e))
         for option, descriptions in (("--listen", self.config.listen),

@@ -36,6 +36,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .files import read_setting_file
+
 __all__ = [
     "TLS_CIPHERS",
     "ReloadableTLS",
@@ -91,15 +93,7 @@ def _check_pairing(cert_path: str | None, key_path: str | None, chain_path: str 
 
 
 def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise TLSConfigError(f"{what} file {path!r} does not exist") from None
-    except IsADirectoryError:
-        raise TLSConfigError(f"{what} file {path!r} is a directory, not a file") from None
-    except OSError as e:
-        raise TLSConfigError(f"{what} file {path!r} cannot be read: {e.strerror}") from None
+    data = read_setting_file(path, f"{what} file", TLSConfigError)
     if b"-----BEGIN " not in data:
         raise TLSConfigError(f"{what} file {path!r} is not a PEM file (no '-----BEGIN' line)")
     return data
