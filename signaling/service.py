@@ -27,6 +27,7 @@ from .auth import TokenVerifier
 from .config import Config
 from .hub import Hub
 from .ice import validate_ice_url
+from .listeners import InheritedSockets, listener_specs
 from .metrics import Metrics
 from .origins import OriginPolicy
 from .proxies import ProxyPolicy
@@ -51,17 +52,24 @@ DRAIN_POLL_INTERVAL = 0.05
 _log = Logger()
 
 
-def make_service(config: Config, reactor: Any, clock: Any = None) -> "SignalingService":
+def make_service(
+    config: Config, reactor: Any, clock: Any = None, inherited: InheritedSockets | None = None
+) -> "SignalingService":
     """
-    Build the server described by ``config``.
+    Build the server described by ``config``: one process (``--workers`` is
+    run by :mod:`signaling.workers`, whose workers each build one of these).
 
     ``reactor`` does the networking; ``clock`` (default: the reactor) drives
-    heartbeats, stats and expiry, so tests can pass a ``task.Clock``. Errors
-    in the TLS files or the store are raised here, before anything listens.
+    heartbeats, stats and expiry, so tests can pass a ``task.Clock``.
+    ``inherited``: listening sockets bound by a parent process, served
+    instead of binding new ones. Errors in the TLS files or the store are
+    raised here, before anything listens.
     """
     clock = reactor if clock is None else clock
     policies = Policies.from_config(config)
-    return SignalingService(config, reactor, clock, open_store(config, reactor, clock), policies)
+    return SignalingService(
+        config, reactor, clock, open_store(config, reactor, clock), policies, inherited
+    )
 
 
 class Policies:
@@ -143,6 +151,7 @@ class SignalingService(MultiService):
         clock: Any,
         store: IOfflineStore,
         policies: Policies,
+        inherited: InheritedSockets | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -177,14 +186,18 @@ class SignalingService(MultiService):
         # requests to the site: an upgrade is then parsed once, not twice.
         self.factory.http_site = self.site
         self.listeners: list[Listener] = []
-        if config.port is not None:
-            self._add_listener(self._default_endpoint(), self.factory)
-        for description in config.listen:
-            self._add_listener(serverFromString(reactor, description), self.factory)
-        if config.metrics_listen:
-            metrics_site = make_metrics_site(hub, self.metrics, started_at, ready, reactor)
-            for description in config.metrics_listen:
-                self._add_listener(serverFromString(reactor, description), metrics_site)
+        metrics_site = (
+            make_metrics_site(hub, self.metrics, started_at, ready, reactor)
+            if config.metrics_listen else None
+        )
+        for index, spec in enumerate(listener_specs(config)):
+            if inherited is not None:
+                endpoint = inherited.endpoint(reactor, index, spec, self.tls)
+            elif spec.description is None:
+                endpoint = self._default_endpoint()
+            else:
+                endpoint = serverFromString(reactor, spec.description)
+            self._add_listener(endpoint, metrics_site if spec.metrics else self.factory)
         self.timers = Timers(clock)
         self.timers.every(config.heartbeat_interval, self.hub.heartbeat)
         self.timers.every(config.stats_interval, self.hub.log_stats)
@@ -352,11 +365,18 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def install_signal_handlers(reactor: Any, service: SignalingService) -> None:
+def install_signal_handlers(
+    reactor: Any, service: Any, before_exit: Callable[[], Any] | None = None
+) -> None:
     """
-    SIGHUP reloads the TLS certificate (renewal without restart). Once the
-    reactor runs, a second SIGTERM or SIGINT during a graceful shutdown exits
-    at once (status 1) instead of waiting for the drain.
+    SIGHUP calls ``service.reload_tls`` (renewal without restart). Once the
+    reactor runs, a second SIGTERM or SIGINT while ``service.draining``
+    exits at once (status 1) instead of waiting for the drain, after calling
+    ``before_exit`` if given.
+
+    ``service`` is a :class:`SignalingService`, or the supervisor of
+    ``--workers`` (:class:`signaling.workers.Supervisor`), which forwards
+    the signals to its workers.
     """
     import os
     import signal
@@ -374,6 +394,8 @@ def install_signal_handlers(reactor: Any, service: SignalingService) -> None:
 
             def handler(signum: int, frame: Any, previous: Any = previous) -> None:
                 if service.draining:
+                    if before_exit is not None:
+                        before_exit()
                     os._exit(1)
                 previous(signum, frame)
 

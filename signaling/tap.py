@@ -21,6 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from .config import Config
+from .listeners import check_worker_listeners
 from .redis_url import redis_target
 from .service import Policies
 from .tls import check_listen_description
@@ -231,6 +232,7 @@ class Options(usage.Options):
             for description in self.config.listen:
                 check_listen_description(description)
             redis_target(self.config.redis_url, self.config.redis_password_file)
+            check_worker_listeners(self.config)
         except ValueError as e:  # TLSConfigError is one too
             raise usage.UsageError(str(e))
         for option, descriptions in (("--listen", self.config.listen),
@@ -253,23 +255,41 @@ def _check_endpoint(option: str, description: str) -> None:
 
 def makeService(options: Options) -> Any:
     """
-    Build the service for ``twistd`` (the plugin's entry point). A store or
-    listener that cannot start ends the process with one line saying why
-    (exit status 1), not a traceback.
+    Build the service for ``twistd`` (the plugin's entry point): the server,
+    or with ``--workers`` above 1 the supervisor of its worker processes. A
+    store or listener that cannot start ends the process with one line
+    saying why (exit status 1), not a traceback.
     """
     from twisted.internet import reactor
 
     from .service import freeze_startup_objects, install_signal_handlers, make_service
     from .sqlite_store import StoreOpenError
+    from .workers import Supervisor
 
-    assert options.config is not None
+    config = options.config
+    assert config is not None
+    if config.workers > 1:
+        supervisor = Supervisor(config, reactor)
+        install_signal_handlers(reactor, supervisor, supervisor.kill_workers)
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_if_failed, supervisor)
+        return _ExitIfCannotListen(supervisor)
     try:
-        service = make_service(options.config, reactor)
+        service = make_service(config, reactor)
     except (StoreOpenError, ValueError, OSError) as e:
         raise SystemExit(f"signaling: cannot start: {e}")
     install_signal_handlers(reactor, service)
     freeze_startup_objects()
     return _ExitIfCannotListen(service)
+
+
+def _exit_if_failed(supervisor: Any) -> None:
+    """twistd glue: the parent ends with status 1 when its workers could not be kept running."""
+    if supervisor.exit_status:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(supervisor.exit_status)
 
 
 class _ExitIfCannotListen(MultiService):
@@ -282,5 +302,5 @@ class _ExitIfCannotListen(MultiService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
-        except CannotListenError as e:
+        except (CannotListenError, ValueError) as e:
             raise SystemExit(f"signaling: cannot start: {e}")

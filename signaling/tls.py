@@ -34,6 +34,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from .files import read_setting_file
@@ -46,6 +47,7 @@ __all__ = [
     "load_certificate_options",
     "tls_from_options",
     "tls_server_endpoint",
+    "tls_server_factory",
 ]
 
 #: OpenSSL cipher string for TLS 1.2: ECDHE key exchange with AES-GCM or
@@ -377,6 +379,20 @@ def tls_server_endpoint(
     return SSL4ServerEndpoint(
         reactor, port, context_factory, backlog=backlog, interface=interface
     )
+
+
+def tls_server_factory(context_factory, factory) -> TLSMemoryBIOFactory:
+    """
+    ``factory`` wrapped so that its connections speak TLS as a server, with
+    ``context_factory`` (a :class:`ReloadableTLS`, or Twisted's options of an
+    ``ssl:`` description).
+
+    Every listener that serves TLS on a socket it did not bind itself (the
+    workers of ``--workers``, which inherit their sockets from the parent)
+    is wrapped here, so a TLS setting that must hold for every handshake
+    belongs in this function.
+    """
+    return TLSMemoryBIOFactory(context_factory, False, factory)
 
 
 def _split_description(description: str) -> tuple[list[str], dict[str, str]]:

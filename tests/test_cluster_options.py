@@ -4,6 +4,8 @@ the other Redis settings, and ``--workers``; from the command line, the
 environment and code (``Config``).
 """
 
+import os
+
 from twisted.python import usage
 from twisted.trial import unittest
 
@@ -188,3 +190,13 @@ class OptionTests(SystemTempMixin, unittest.SynchronousTestCase):
         self.assertNotIn("hunter2", message)
         self.assertUsageError("does not exist", "--redis", SOCKET_URL,
                               "--redis-password-file", self.mktemp())
+
+    def test_workers_refuse_unix_listeners_and_unmovable_metrics(self):
+        base = ["--workers", "2", "--redis", SOCKET_URL]
+        socket_path = os.path.join(self.mkdtemp(), "ws.sock")
+        self.assertUsageError("Unix sockets", *base, "--listen", f"unix:{socket_path}")
+        self.assertUsageError("Unix sockets", *base, "--listen", "systemd:domain=UNIX:index=0")
+        self.assertUsageError("--metrics-listen", *base, "--metrics-listen", f"unix:{socket_path}")
+        self.assertUsageError("65535", *base, "--metrics-listen", "tcp:65535")
+        # Without workers the same endpoints are fine.
+        self.parse("--listen", f"unix:{socket_path}", "--metrics-listen", "tcp:65535")
