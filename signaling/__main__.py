@@ -1,6 +1,7 @@
 """
 ``python -m signaling [options]``: the same server as ``twistd -n signaling``
-without twistd (logs to stdout, stops on SIGTERM/SIGINT).
+without twistd (logs to stdout, stops on SIGTERM/SIGINT); with
+``--workers N`` the supervisor of N worker processes.
 """
 
 from __future__ import annotations
@@ -49,23 +50,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    from .service import freeze_startup_objects, install_signal_handlers, make_service
+    from .runner import run_service
+    from .service import make_service
+    from .workers import Supervisor
 
     observer = LOG_FORMATS[options["log-format"]](sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     log_warnings(options)
+    config = options.config
+    if config.workers > 1:
+        supervisor = Supervisor(config, reactor)
+        return run_service(supervisor, reactor, supervisor.kill_workers)
     try:
-        service = make_service(options.config, reactor, policies=options.policies)
-        service.privilegedStartService()
-        service.startService()
+        service = make_service(config, reactor, policies=options.policies)
     except Exception as e:
         print(f"signaling: cannot start: {e}", file=sys.stderr)
         return 1
-    install_signal_handlers(reactor, service)
-    freeze_startup_objects()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
-    return 0
+    return run_service(service, reactor)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,18 @@ protocol or of its security) as the constants below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from .ice import validate_ice_url
 from .origins import OriginPolicy
 from .proxies import ProxyPolicy
+from .redis_url import parse_redis_url
 
 __all__ = [
     "Config",
+    "MAX_WORKERS",
     "MAX_ID_LENGTH",
     "MAX_JSON_DEPTH",
     "MAX_TOKEN_LENGTH",
@@ -40,6 +43,11 @@ MAX_TOKEN_LENGTH = 8192
 #: :data:`RATE_STRIKE_WINDOW` seconds before it is closed with 1008.
 RATE_STRIKES = 20
 RATE_STRIKE_WINDOW = 10.0
+
+#: Most worker processes ``--workers`` may start.
+MAX_WORKERS = 256
+#: What a Redis key prefix may hold: no spaces, quotes or glob characters.
+_REDIS_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,19 @@ class Config:
     #: installed Autobahn and Twisted are versions it was tested with; False
     #: runs on Autobahn's public API only (same behaviour, slower).
     fast_path: bool = True
+    #: Redis server of cluster mode: ``redis://``, ``rediss://`` or
+    #: ``unix://`` URL (see :mod:`signaling.redis_url`); None: one process.
+    redis_url: str | None = field(default=None, repr=False)
+    #: File holding the Redis password, instead of the URL.
+    redis_password_file: str | None = None
+    #: Prefix of every Redis key and channel the server uses.
+    redis_prefix: str = "signaling:"
+    #: Seconds one Redis command may take before it counts as failed.
+    redis_timeout: float = 2.0
+    #: Seconds after which a node that stopped refreshing counts as dead.
+    node_timeout: float = 15.0
+    #: Processes serving the listening sockets (1: this process, no parent).
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.port is not None:
@@ -183,6 +204,36 @@ class Config:
             if not origin or origin != origin.strip():
                 raise ValueError(f"--allowed-origin {origin!r} is not an origin")
         _check_patterns(self)
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        """The Redis and ``--workers`` settings (the password file is read later)."""
+        if self.redis_url is not None:
+            if parse_redis_url(self.redis_url).password is not None and self.redis_password_file:
+                raise ValueError(
+                    "give the Redis password in --redis or in --redis-password-file, not both"
+                )
+        elif self.redis_password_file is not None:
+            raise ValueError("--redis-password-file needs --redis")
+        if self.redis_password_file is not None and not self.redis_password_file:
+            raise ValueError("--redis-password-file must be a file path")
+        if not isinstance(self.redis_prefix, str) or not _REDIS_PREFIX.match(self.redis_prefix):
+            raise ValueError(
+                "--redis-prefix must be 1 to 64 letters, digits or '_.:-' characters"
+            )
+        _check_seconds("redis_timeout", self.redis_timeout, 0.1, 60.0)
+        _check_seconds("node_timeout", self.node_timeout, 3.0, 600.0)
+        if self.node_timeout < 2 * self.redis_timeout:
+            raise ValueError(
+                "--node-timeout must be at least twice --redis-timeout, or a node could"
+                " be declared dead while one of its commands is still allowed to run"
+            )
+        _check_range("workers", self.workers, 1, MAX_WORKERS)
+        if self.workers > 1 and self.redis_url is None:
+            raise ValueError(
+                f"--workers {self.workers} needs --redis: the workers must share rooms,"
+                " presence and the offline store through Redis (see docs/cluster.md)"
+            )
 
 
 def _check_patterns(config: Config) -> None:
@@ -205,6 +256,11 @@ def _check_patterns(config: Config) -> None:
 
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _check_seconds(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ValueError(f"{_option(name)} must be between {low:g} and {high:g} seconds")
 
 
 def _check_range(name: str, value: Any, low: int, high: int | None) -> None:

@@ -69,6 +69,10 @@ EVENTS: Mapping[str, tuple[LogLevel, str]] = {
     "heartbeat_drop": (LogLevel.info, "{peer} dropped: no heartbeat"),
     "limit": (LogLevel.warn, "{peer} hit limit {limit}"),
     "shutdown": (LogLevel.info, "server shutting down ({reason})"),
+    "worker_start": (LogLevel.info, "worker {worker} started (pid {pid})"),
+    "worker_ready": (LogLevel.info, "serving on {sockets} inherited sockets"),
+    "worker_exit": (LogLevel.warn, "worker {worker} (pid {pid}) exited: {reason}"),
+    "workers_failed": (LogLevel.critical, "stopping: {reason}"),
 }
 
 _REQUIRED = {
@@ -198,14 +202,19 @@ def format_text(event: Mapping[str, Any]) -> str:
 
         2024-05-01T12:00:00.123Z [signaling.hub#info] register: 10.0.0.1:5000 registered as alice
 
-    A failure's traceback follows on indented lines.
+    A line a worker of ``--workers`` logged says which one
+    (``[signaling.hub#info worker 2]``). A failure's traceback follows on
+    indented lines.
     """
     level_name = _level_name(event) or "-"
     text = formatEvent(dict(event)).replace("\n", "\n\t")
     name = event.get("event")
     if isinstance(name, str):
         text = f"{name}: {text}"
-    line = f"{_timestamp(event)} [{event.get('log_namespace', '-')}#{level_name}] {text}\n"
+    where = f"{event.get('log_namespace', '-')}#{level_name}"
+    if event.get("worker") is not None:
+        where += f" worker {event['worker']}"
+    line = f"{_timestamp(event)} [{where}] {text}\n"
     failure = _failure_of(event)
     if failure is not None and "log_failure" in event:
         line += "\t" + _traceback(failure).rstrip("\n").replace("\n", "\n\t") + "\n"

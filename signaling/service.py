@@ -29,6 +29,7 @@ from .config import Config
 from .hub import Hub
 from .ice import IceServers
 from .limits import ConnectionGate
+from .listeners import InheritedSockets, listener_specs
 from .messages import CLOSE_GOING_AWAY
 from .metrics import Metrics
 from .origins import OriginPolicy
@@ -54,21 +55,30 @@ _log = Logger()
 
 
 def make_service(
-    config: Config, reactor: Any, clock: Any = None, policies: "Policies | None" = None
+    config: Config,
+    reactor: Any,
+    clock: Any = None,
+    policies: "Policies | None" = None,
+    inherited: InheritedSockets | None = None,
 ) -> "SignalingService":
     """
-    Build the server described by ``config``.
+    Build the server described by ``config``: one process (``--workers`` is
+    run by :mod:`signaling.workers`, whose workers each build one of these).
 
     ``reactor`` does the networking; ``clock`` (default: the reactor) drives
     heartbeats, stats and expiry, so tests can pass a ``task.Clock``.
     ``policies`` are the checked security settings when the caller built them
-    already (the command line does, to report errors as usage errors). Errors
-    in the TLS files or the store are raised here, before anything listens.
+    already (the command line does, to report errors as usage errors).
+    ``inherited``: listening sockets bound by a parent process, served
+    instead of binding new ones. Errors in the TLS files or the store are
+    raised here, before anything listens.
     """
     clock = reactor if clock is None else clock
     if policies is None:
         policies = Policies.from_config(config)
-    return SignalingService(config, reactor, clock, open_store(config, reactor, clock), policies)
+    return SignalingService(
+        config, reactor, clock, open_store(config, reactor, clock), policies, inherited
+    )
 
 
 class Policies:
@@ -149,6 +159,7 @@ class SignalingService(MultiService):
         clock: Any,
         store: IOfflineStore,
         policies: Policies,
+        inherited: InheritedSockets | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -187,14 +198,18 @@ class SignalingService(MultiService):
         self.factory.http_site = self.site
         main_factory = self.factory if self.fast_path else self.site
         self.listeners: list[Listener] = []
-        if config.port is not None:
-            self._add_listener(self._default_endpoint(), main_factory)
-        for description in config.listen:
-            self._add_listener(serverFromString(reactor, description), main_factory)
-        if config.metrics_listen:
-            metrics_site = make_metrics_site(config, status, self.metrics, reactor)
-            for description in config.metrics_listen:
-                self._add_listener(serverFromString(reactor, description), metrics_site)
+        metrics_site = (
+            make_metrics_site(config, status, self.metrics, reactor)
+            if config.metrics_listen else None
+        )
+        for index, spec in enumerate(listener_specs(config)):
+            if inherited is not None:
+                endpoint = inherited.endpoint(reactor, index, spec, self.tls)
+            elif spec.description is None:
+                endpoint = self._default_endpoint()
+            else:
+                endpoint = serverFromString(reactor, spec.description)
+            self._add_listener(endpoint, metrics_site if spec.metrics else main_factory)
         self.timers = Timers(clock)
         self.timers.every(config.heartbeat_interval, hub.heartbeat)
         self.timers.every(config.stats_interval, hub.log_stats)
@@ -360,11 +375,18 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def install_signal_handlers(reactor: Any, service: SignalingService) -> None:
+def install_signal_handlers(
+    reactor: Any, service: Any, before_exit: Callable[[], Any] | None = None
+) -> None:
     """
-    SIGHUP reloads the TLS certificate (renewal without restart). Once the
-    reactor runs, a second SIGTERM or SIGINT during a graceful shutdown exits
-    at once (status 1) instead of waiting for the drain.
+    SIGHUP calls ``service.reload_tls`` (renewal without restart). Once the
+    reactor runs, a second SIGTERM or SIGINT while ``service.draining``
+    exits at once (status 1) instead of waiting for the drain, after calling
+    ``before_exit`` if given.
+
+    ``service`` is a :class:`SignalingService`, or the supervisor of
+    ``--workers`` (:class:`signaling.workers.Supervisor`), which forwards
+    the signals to its workers.
     """
     import os
     import signal
@@ -382,6 +404,8 @@ def install_signal_handlers(reactor: Any, service: SignalingService) -> None:
 
             def handler(signum: int, frame: Any, previous: Any = previous) -> None:
                 if service.draining:
+                    if before_exit is not None:
+                        before_exit()
                     os._exit(1)
                 previous(signum, frame)
 

@@ -25,7 +25,9 @@ from twisted.python import usage
 
 from . import __version__
 from .config import Config
+from .listeners import check_worker_listeners
 from .logs import twistd_text_observer
+from .redis_url import redis_target
 from .service import Policies
 from .tls import check_listen_description
 
@@ -98,6 +100,19 @@ _PARAMETERS: list[tuple[str, str | None, str, Callable[[str], Any], str]] = [
     ("turn-secret", None, "turn_secret", str,
      "Secret shared with the TURN server (coturn static-auth-secret) for /ice-servers."),
     ("turn-ttl", None, "turn_ttl", float, "Seconds the TURN credentials of /ice-servers stay valid."),
+    ("redis", None, "redis_url", str,
+     "Cluster mode: the Redis server shared by every process, redis://[[user]:password@]host[:port][/db],"
+     " rediss://... (TLS) or unix:///path[?db=N] (see docs/cluster.md)."),
+    ("redis-password-file", None, "redis_password_file", str,
+     "File holding the Redis password (keeps it out of the command line)."),
+    ("redis-prefix", None, "redis_prefix", str, "Prefix of every Redis key and channel."),
+    ("redis-timeout", None, "redis_timeout", float,
+     "Seconds a Redis command may take before it counts as failed."),
+    ("node-timeout", None, "node_timeout", float,
+     "Seconds after which the peers of a node that stopped answering count as offline."),
+    ("workers", None, "workers", int,
+     "Worker processes serving the listening sockets, which this process binds (more than 1"
+     " needs --redis; see docs/workers.md)."),
 ]
 
 # (option, Config field): options that may be given several times; their
@@ -313,6 +328,8 @@ class Options(usage.Options):
             self.policies = Policies.from_config(self.config)
             for description in self.config.listen:
                 check_listen_description(description)
+            redis_target(self.config.redis_url, self.config.redis_password_file)
+            check_worker_listeners(self.config)
         except ValueError as e:  # TLSConfigError is one too
             raise usage.UsageError(_name_sources(str(e), from_environment))
         self.warnings = environment_warnings(self._environ, self.environment)
@@ -342,24 +359,42 @@ def _check_endpoint(option: str, description: str) -> None:
 
 def makeService(options: Options) -> Any:
     """
-    Build the service for ``twistd`` (the plugin's entry point). A store or
-    listener that cannot start ends the process with one line saying why
-    (exit status 1), not a traceback.
+    Build the service for ``twistd`` (the plugin's entry point): the server,
+    or with ``--workers`` above 1 the supervisor of its worker processes. A
+    store or listener that cannot start ends the process with one line
+    saying why (exit status 1), not a traceback.
     """
     from twisted.internet import reactor
 
     from .service import freeze_startup_objects, install_signal_handlers, make_service
     from .sqlite_store import StoreOpenError
+    from .workers import Supervisor
 
-    assert options.config is not None
+    config = options.config
+    assert config is not None
     log_warnings(options)
+    if config.workers > 1:
+        supervisor = Supervisor(config, reactor)
+        install_signal_handlers(reactor, supervisor, supervisor.kill_workers)
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_if_failed, supervisor)
+        return _TwistdService(supervisor, twistd_text_observer(getattr(options, "parent", None)))
     try:
-        service = make_service(options.config, reactor, policies=options.policies)
+        service = make_service(config, reactor, policies=options.policies)
     except (StoreOpenError, ValueError, OSError) as e:
         raise SystemExit(f"signaling: cannot start: {e}")
     install_signal_handlers(reactor, service)
     freeze_startup_objects()
     return _TwistdService(service, twistd_text_observer(getattr(options, "parent", None)))
+
+
+def _exit_if_failed(supervisor: Any) -> None:
+    """twistd glue: the parent ends with status 1 when its workers could not be kept running."""
+    if supervisor.exit_status:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(supervisor.exit_status)
 
 
 class _TwistdService(MultiService):
@@ -383,5 +418,5 @@ class _TwistdService(MultiService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
-        except CannotListenError as e:
+        except (CannotListenError, ValueError) as e:
             raise SystemExit(f"signaling: cannot start: {e}")

@@ -31,7 +31,10 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
+
+from .files import read_setting_file
 
 __all__ = [
     "TLS_CIPHERS",
@@ -41,6 +44,7 @@ __all__ = [
     "load_certificate_options",
     "tls_from_options",
     "tls_server_endpoint",
+    "tls_server_factory",
 ]
 
 #: OpenSSL cipher string for TLS 1.2: ECDHE key exchange with AES-GCM or
@@ -88,15 +92,7 @@ def _check_pairing(cert_path: str | None, key_path: str | None, chain_path: str 
 
 
 def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise TLSConfigError(f"{what} file {path!r} does not exist") from None
-    except IsADirectoryError:
-        raise TLSConfigError(f"{what} file {path!r} is a directory, not a file") from None
-    except OSError as e:
-        raise TLSConfigError(f"{what} file {path!r} cannot be read: {e.strerror}") from None
+    data = read_setting_file(path, f"{what} file", TLSConfigError)
     if b"-----BEGIN " not in data:
         raise TLSConfigError(f"{what} file {path!r} is not a PEM file (no '-----BEGIN' line)")
     return data
@@ -338,6 +334,20 @@ def tls_server_endpoint(
     return SSL4ServerEndpoint(
         reactor, port, context_factory, backlog=backlog, interface=interface
     )
+
+
+def tls_server_factory(context_factory, factory) -> TLSMemoryBIOFactory:
+    """
+    ``factory`` wrapped so that its connections speak TLS as a server, with
+    ``context_factory`` (a :class:`ReloadableTLS`, or Twisted's options of an
+    ``ssl:`` description).
+
+    Every listener that serves TLS on a socket it did not bind itself (the
+    workers of ``--workers``, which inherit their sockets from the parent)
+    is wrapped here, so a TLS setting that must hold for every handshake
+    belongs in this function.
+    """
+    return TLSMemoryBIOFactory(context_factory, False, factory)
 
 
 def _split_description(description: str) -> tuple[list[str], dict[str, str]]:

@@ -7,6 +7,7 @@ preflight; plus the deadline for finishing the opening handshake.
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -118,6 +119,7 @@ class StatusEndpoints:
                 "service": SERVICE_NAME,
                 "version": __version__,
                 "uptime": round(now - self._started_at, 3),
+                "pid": os.getpid(),
                 "connections": {
                     "current": stats["connections"],
                     "total": stats["connectionsTotal"],
@@ -140,6 +142,7 @@ class StatusEndpoints:
         """Every counter, flat."""
         body: dict[str, Any] = dict(self._hub.stats())
         body["uptime"] = round(self._clock.seconds() - self._started_at, 3)
+        body["pid"] = os.getpid()
         return json_response(request, body)
 
     def ice_servers(self, request: Request) -> bytes:

@@ -235,9 +235,16 @@ class ServerProcess:
         return code
 
     def kill(self) -> None:
-        """SIGKILL the process if it still runs, and reap it."""
+        """
+        SIGKILL the process and its process group (the workers of
+        ``--workers``) if they still run, and reap the process.
+        """
         if self.popen is None:
             return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # started as a session (and group) leader
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait(START_TIMEOUT)

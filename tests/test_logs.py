@@ -251,5 +251,6 @@ class PayloadTests(unittest.TestCase):
         self.assertEqual(
             set(EVENTS),
             {"connect", "disconnect", "register", "join", "leave", "takeover",
-             "error", "heartbeat_drop", "limit", "shutdown"},
+             "error", "heartbeat_drop", "limit", "shutdown",
+             "worker_start", "worker_ready", "worker_exit", "workers_failed"},
         )

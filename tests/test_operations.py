@@ -6,6 +6,7 @@ counters against /stats and /metrics, the metrics listener, and the drain.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -197,6 +198,7 @@ class StatsCountersTests(ServerTestCase):
         self.assertEqual(self.lines, ["[Stats] 连接数: 5, 总连接: 7, 转发消息: 5, 离线消息: 1"])
         _, body = yield self.http_get("/stats")
         stats = json.loads(body)
+        self.assertEqual(stats.pop("pid"), os.getpid())
         del stats["uptime"], stats["offlineBytes"]
         self.assertEqual(stats, {
             "connections": 5, "connectionsTotal": 7, "peers": 3, "rooms": 1,

@@ -1,6 +1,7 @@
 """Heartbeats, the stats line, the HTTP endpoints and shutdown, in process."""
 
 import json
+import os
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import CannotListenError
@@ -114,6 +115,7 @@ class HttpTests(ServerTestCase):
         self.assertEqual(health["messages"], {"forwarded": 0, "offlineQueued": 0})
         self.assertEqual(health["timestamp"], "2024-01-08T00:00:00+00:00")
         self.assertEqual(health["uptime"], 1704672000)
+        self.assertEqual(health["pid"], os.getpid())
 
     @defer.inlineCallbacks
     def test_stats(self):
