@@ -33,3 +33,12 @@ def pytest_unconfigure(config):
 @pytest.fixture(autouse=True)
 def _temporary_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_redis_server():
+    """Stop the private redis-server of the cluster tests, if one was started."""
+    yield
+    import redis_server
+
+    redis_server.stop_shared()
