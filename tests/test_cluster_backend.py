@@ -405,6 +405,24 @@ class RouteTests(RedisTestCase):
         self.assertEqual(a.store.count, 0)
 
     @defer.inlineCallbacks
+    def test_one_round_trip_per_relayed_message(self):
+        a = yield self.node(node_id="A")
+        b = yield self.node(node_id="B")
+        yield b.claim("bob", "2", False, 0)
+        self.redis.command("CONFIG", "RESETSTAT")
+        for n in range(50):
+            yield a.route("bob", b"live", "m", 1.0, "alice")
+            yield a.route("carol", b"stored", f"m{n}", 1.0, "alice")
+        stats = self.redis.command("INFO", "commandstats").decode()
+        calls = {
+            line.split(":")[0][len("cmdstat_"):]: int(line.split("calls=")[1].split(",")[0])
+            for line in stats.splitlines() if line.startswith("cmdstat_")
+        }
+        # 100 messages, 100 EVALSHAs; the PUBLISH and RPUSH run inside them.
+        self.assertIn(calls["evalsha"] - 100, (0, 1, 2))  # + at most a timer's heartbeat or reap
+        self.assertEqual((calls["publish"], calls["rpush"]), (50, 50))
+
+    @defer.inlineCallbacks
     def test_many_routes_arrive_in_order(self):
         a = yield self.node(node_id="A")
         b = yield self.node(node_id="B")

@@ -218,7 +218,7 @@ class SubscriberTests(RedisTestCase):
         yield subscriber.subscribe(b"x")
         subscriber.on_status = statuses.append
         self.redis.pause()
-        yield wait_until(lambda: statuses == [False], timeout=TIMEOUT * 4 + 2, what="down")
+        yield wait_until(lambda: statuses == [False], timeout=TIMEOUT * 6 + 2, what="down")
         self.redis.resume()
         yield wait_until(lambda: statuses == [False, True], what="up again")
 

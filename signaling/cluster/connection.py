@@ -493,8 +493,9 @@ class SubscriberConnection(_Connection):
     every one of them is confirmed, so a listener told "up" misses nothing
     published from then on. ``on_message(channel, payload)`` is called for
     every message (bytes, exactly as published). A PING every ``timeout``
-    seconds finds a connection that stopped answering, which is dropped and
-    made again.
+    seconds finds a connection that stopped answering: one that received
+    nothing (no message, no pong) for two intervals is dropped and made
+    again, within three intervals of going silent.
     """
 
     def __init__(
@@ -514,6 +515,10 @@ class SubscriberConnection(_Connection):
         self._proto: Any = None
         self._unconfirmed: dict[bytes, list[defer.Deferred]] = {}
         self._awaiting_pong = False
+        #: Messages and pongs received (progress, for the health check).
+        self._heard = 0
+        self._heard_before = 0
+        self._silent = 0
         self._pinger = task.LoopingCall(self._ping)
         self._pinger.clock = reactor
 
@@ -578,6 +583,7 @@ class SubscriberConnection(_Connection):
             d.callback(None)
 
     def _message(self, channel: bytes, payload: bytes) -> None:
+        self._heard += 1
         try:
             self.on_message(channel, payload)
         except Exception:
@@ -591,19 +597,28 @@ class SubscriberConnection(_Connection):
         if proto is None:
             return
         if self._awaiting_pong:
-            _log.warn(
-                "Redis at {where} did not answer a PING within {timeout} s; reconnecting",
-                where=self.address.describe(),
-                timeout=self.timeout,
-            )
-            proto.transport.abortConnection()
+            # The pong may wait behind a backlog of messages: only a
+            # connection that stays silent for two whole intervals is dead
+            # (two, so that a reactor that was busy gets to read first).
+            self._silent = self._silent + 1 if self._heard == self._heard_before else 0
+            self._heard_before = self._heard
+            if self._silent >= 2:
+                _log.warn(
+                    "Redis at {where} sent nothing for {seconds} s; reconnecting",
+                    where=self.address.describe(),
+                    seconds=2 * self.timeout,
+                )
+                proto.transport.abortConnection()
             return
         self._awaiting_pong = True
+        self._silent = 0
+        self._heard_before = self._heard
         proto.transport.write(b"*1\r\n$4\r\nPING\r\n")
 
     def _pong(self, proto: Any) -> None:
         if proto is self._proto:
             self._awaiting_pong = False
+            self._heard += 1
 
     def _connection_ready(self, proto: Any) -> None:
         proto.owner = self
