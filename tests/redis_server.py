@@ -14,6 +14,7 @@ stopped by ``tests/conftest.py`` at the end).
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -148,6 +149,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        atexit.register(self.cleanup)  # even when a test run is cut short
         deadline = time.monotonic() + timeout
         while True:
             try:
