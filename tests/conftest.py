@@ -78,3 +78,12 @@ def server():
         if service.running:
             pytest_twisted.blockon(service.stopService())
     pytest_twisted.blockon(settle_autobahn_timers())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_redis_server():
+    """Stop the private redis-server of the cluster tests, if one was started."""
+    yield
+    import redis_server
+
+    redis_server.stop_shared()
