@@ -21,8 +21,13 @@ from .redis_url import parse_redis_url
 __all__ = [
     "Config",
     "MAX_WORKERS",
+    "ENVELOPE_HEADROOM",
+    "ERROR_LOG_BURST",
+    "ERROR_LOG_RATE",
     "MAX_ID_LENGTH",
     "MAX_JSON_DEPTH",
+    "MAX_LOGGED_TEXT",
+    "MAX_MESSAGE_ID_LENGTH",
     "MAX_TOKEN_LENGTH",
     "RATE_STRIKES",
     "RATE_STRIKE_WINDOW",
@@ -38,6 +43,24 @@ MAX_JSON_DEPTH = 64
 
 #: Longest token looked at; anything longer is refused before any crypto.
 MAX_TOKEN_LENGTH = 8192
+
+#: Longest client ``messageId`` (or ``id``) the server keeps as the key of an
+#: offline message or echoes in an error.
+MAX_MESSAGE_ID_LENGTH = 256
+
+#: Bytes the server may add around a message it relays or stores (``from``
+#: and ``sender``, a timestamp, the ``offline-message`` envelope): what it
+#: sends may be this much larger than ``max_message_size``.
+ENVELOPE_HEADROOM = 16 * 1024
+
+#: Error events one connection may log at once, and per second after that;
+#: beyond, its errors are counted and answered but not logged one by one.
+ERROR_LOG_BURST = 20
+ERROR_LOG_RATE = 1.0
+
+#: Longest text of one logged field; longer ones are cut (the log must not
+#: grow faster than a client sends).
+MAX_LOGGED_TEXT = 512
 
 #: ``RATE_LIMITED`` warnings a connection may ignore within
 #: :data:`RATE_STRIKE_WINDOW` seconds before it is closed with 1008.
@@ -165,6 +188,11 @@ class Config:
     node_timeout: float = 15.0
     #: Processes serving the listening sockets (1: this process, no parent).
     workers: int = 1
+
+    @property
+    def max_outgoing_size(self) -> int:
+        """Largest message the server sends: ``max_message_size`` plus :data:`ENVELOPE_HEADROOM`."""
+        return self.max_message_size + ENVELOPE_HEADROOM
 
     def __post_init__(self) -> None:
         if self.port is not None:

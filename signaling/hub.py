@@ -72,7 +72,7 @@ class Hub:
         self._store = store
         self._events = NoEvents() if events is None else events
         if registry is None:
-            registry = LocalRegistry(store, config.max_rooms_per_connection, config.max_room_members)
+            registry = LocalRegistry.from_config(store, config)
         self._registry = registry
         self._ctx = ctx = Context(
             config, clock, registry, store,
@@ -135,7 +135,7 @@ class Hub:
         then(self._registry.remove(session), self._departed, session, announce)
 
     def _departed(self, rooms_left: list[str], session: Session, announce: bool) -> None:
-        self._rooms.announce_left(session, rooms_left)
+        self._ctx.announce_left(session, session.identity, rooms_left)
         if announce:
             self._peers.announce(session, "offline")
 
@@ -214,6 +214,10 @@ class Hub:
                 result.addBoth(self._resume, session)
 
     def _relay(self, session: Session, message: dict[str, Any]) -> Any:
+        if message["type"] in m.SERVER_TYPES:
+            raise ProtocolError(
+                m.INVALID_FIELD, f"'type' {message['type']!r} is sent only by the server"
+            )
         if "roomId" in message:
             return self._rooms.relay(session, message)
         if "to" in message:

@@ -247,8 +247,10 @@ _frames = _FrameCache()
 class FastSignalingProtocol(SignalingProtocol):
     """:class:`SignalingProtocol` with the fast paths of this module."""
 
-    #: Largest payload the fast paths handle on this connection (0: none).
+    #: Largest incoming payload the fast path handles on this connection (0: off).
     _fast_limit = 0
+    #: Largest outgoing payload written directly.
+    _send_limit = 0
     _sniffing = True
     _head = b""
 
@@ -262,6 +264,8 @@ class FastSignalingProtocol(SignalingProtocol):
         if not self.send_queue:
             state["send_queue"] = ()
         self._fast_limit = _fast_limit(self)
+        if self._fast_limit:
+            self._send_limit = self.maxMessagePayloadSize or 0xFFFFFFFF
         super().onOpen()
         # A dict never shrinks by deleting keys: rebuild it at its new size.
         self.__dict__ = dict(self.__dict__)
@@ -372,7 +376,7 @@ class FastSignalingProtocol(SignalingProtocol):
         """Send one text frame (written directly when small); close a slow consumer."""
         if self.state != STATE_OPEN:
             return
-        if len(data) <= self._fast_limit:
+        if len(data) <= self._send_limit:
             frames = _frames
             self.transport.write(frames.frame if data is frames.payload else frames.frame_of(data))
         else:
@@ -382,9 +386,10 @@ class FastSignalingProtocol(SignalingProtocol):
 
 def _fast_limit(protocol: FastSignalingProtocol) -> int:
     """
-    The largest payload frames may have to bypass Autobahn on this
-    connection; 0 when something Autobahn's frame path would do besides
-    framing is switched on.
+    The largest payload incoming frames may have to bypass Autobahn on this
+    connection (frames over it, and messages over the size limit, go to
+    Autobahn, which closes with 1009); 0 when something Autobahn's frame path
+    would do besides framing is switched on.
     """
     if (
         protocol._perMessageCompress is not None
@@ -400,7 +405,8 @@ def _fast_limit(protocol: FastSignalingProtocol) -> int:
         or protocol.websocket_version == 0
     ):
         return 0
-    limits = [size for size in (protocol.maxMessagePayloadSize, protocol.maxFramePayloadSize) if size > 0]
+    limits = [size for size in (protocol.maxMessagePayloadSize, protocol.maxFramePayloadSize,
+                                protocol.factory.max_message_size) if size > 0]
     return min(limits) if limits else 0xFFFF
 
 

@@ -44,6 +44,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.python.reflect import safe_repr
 
+from .config import MAX_LOGGED_TEXT
+
 __all__ = [
     "EVENTS",
     "PAYLOAD_FIELDS",
@@ -113,7 +115,15 @@ def log_event(
         format = default_format
         for name in _REQUIRED[event]:
             fields.setdefault(name, None)
+    for name, value in fields.items():
+        if isinstance(value, str) and len(value) > MAX_LOGGED_TEXT:
+            fields[name] = _cut(value)
     logger.emit(default_level if level is None else level, format, event=event, **fields)
+
+
+def _cut(text: str) -> str:
+    """``text`` cut to :data:`MAX_LOGGED_TEXT` characters, saying how much was left out."""
+    return f"{text[:MAX_LOGGED_TEXT]}…(+{len(text) - MAX_LOGGED_TEXT} characters)"
 
 
 def _timestamp(event: Mapping[str, Any]) -> str:
@@ -286,25 +296,30 @@ def payload_for_log(message: Any, log_payloads: bool = False) -> Any:
     """
     A copy of ``message`` safe to log: every :data:`PAYLOAD_FIELDS` value, at
     any depth, replaced by ``"<redacted>"``, since SDP and ICE candidates
-    hold IP addresses. With ``log_payloads`` (``--log-payloads``) the message
-    is returned as it is. The message itself is never modified.
+    hold IP addresses (kept with ``log_payloads``, ``--log-payloads``). Either
+    way strings are cut to :data:`MAX_LOGGED_TEXT` characters and objects
+    and lists to their first :data:`_MAX_ITEMS` entries, so a log line stays
+    small whatever a client sends. The message itself is never modified.
     """
-    if log_payloads:
-        return message
-    return _strip(message, 0)
+    return _strip(message, 0, not log_payloads)
 
 
 _MAX_DEPTH = 32
+#: Entries of one object or list kept in a logged message.
+_MAX_ITEMS = 32
 
 
-def _strip(value: Any, depth: int) -> Any:
+def _strip(value: Any, depth: int, redact: bool) -> Any:
     if depth > _MAX_DEPTH:
         return REDACTED
+    if isinstance(value, str):
+        return _cut(value) if len(value) > MAX_LOGGED_TEXT else value
     if isinstance(value, dict):
         return {
-            key: REDACTED if key in PAYLOAD_FIELDS else _strip(item, depth + 1)
-            for key, item in value.items()
+            _strip(key, depth, False): REDACTED if redact and key in PAYLOAD_FIELDS
+            else _strip(item, depth + 1, redact)
+            for key, item in list(value.items())[:_MAX_ITEMS]
         }
     if isinstance(value, list):
-        return [_strip(item, depth + 1) for item in value]
+        return [_strip(item, depth + 1, redact) for item in value[:_MAX_ITEMS]]
     return value

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from .config import MAX_ID_LENGTH, MAX_JSON_DEPTH as MAX_DEPTH
+from .config import MAX_ID_LENGTH, MAX_JSON_DEPTH as MAX_DEPTH, MAX_MESSAGE_ID_LENGTH
 
 __all__ = [
     "ProtocolError",
@@ -133,7 +133,8 @@ def _too_deep(text: str, message: Any) -> bool:
     return False
 
 
-_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+_ascii_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def _make_fast_encoder() -> Any:
@@ -144,12 +145,12 @@ def _make_fast_encoder() -> Any:
     ``None`` without the C accelerator.
     """
     try:
-        from json.encoder import c_make_encoder, encode_basestring_ascii
+        from json.encoder import c_encode_basestring, c_make_encoder
 
-        if c_make_encoder is None:
+        if c_make_encoder is None or c_encode_basestring is None:
             return None
         return c_make_encoder(
-            None, _encoder.default, encode_basestring_ascii, None, ":", ",", False, False, False
+            None, _encoder.default, c_encode_basestring, None, ":", ",", False, False, False
         )
     except (ImportError, TypeError):
         return None
@@ -186,10 +187,18 @@ def decode(payload: bytes | str) -> dict[str, Any]:
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """Serialize a message for the wire (compact JSON, ASCII-safe UTF-8)."""
-    if _fast_encoder is not None and type(message) is dict:
-        return "".join(_fast_encoder(message, 0)).encode("ascii")
-    return _encoder.encode(message).encode("ascii")
+    """
+    Serialize a message for the wire: compact JSON in UTF-8, characters
+    written as themselves (a ``\\uXXXX`` escape would make non-Latin text up
+    to three times larger). A string that is not valid Unicode (a lone
+    surrogate) cannot be UTF-8; such a message is written with escapes.
+    """
+    try:
+        if _fast_encoder is not None and type(message) is dict:
+            return "".join(_fast_encoder(message, 0)).encode("utf-8")
+        return _encoder.encode(message).encode("utf-8")
+    except UnicodeEncodeError:
+        return _ascii_encoder.encode(message).encode("ascii")
 
 
 def offline_delivery(
@@ -246,11 +255,13 @@ def error_message(
         "timestamp": now_ms,
     }
     if request is not None:
+        # Echoed only when short: an error must stay smaller than its request.
         message_id = client_message_id(request)
-        if message_id is not None:
+        if message_id is not None and len(message_id) <= MAX_MESSAGE_ID_LENGTH:
             message["messageId"] = message_id
-        if isinstance(request.get("type"), str):
-            message["requestType"] = request["type"]
+        request_type = request.get("type")
+        if isinstance(request_type, str) and len(request_type) <= MAX_ID_LENGTH:
+            message["requestType"] = request_type
     message.update(extra)
     return message
 

@@ -28,7 +28,8 @@ from typing import Any, Iterable, Sequence
 from zope.interface import Attribute, Interface, implementer
 
 from . import messages as m
-from .messages import ProtocolError
+from .config import Config
+from .messages import ProtocolError, encode
 from .session import Session
 from .store import IOfflineStore
 
@@ -76,7 +77,9 @@ class IRegistry(Interface):
         Bind ``identity`` to ``session`` for good (global). Taking an identity
         over from another session moves that session's registration and rooms
         to ``session`` and marks it replaced; the replaced session (when on
-        this server) is returned for the caller to close, else None.
+        this server) is returned for the caller to close, else None. Rooms
+        the newcomer's grant does not allow are left instead: the replaced
+        session's ``rooms`` then names them, for the caller to announce.
 
         :raises ProtocolError: ``IDENTITY_MISMATCH`` (the session holds
             another id), ``FORBIDDEN`` (the holder is authenticated and
@@ -96,7 +99,9 @@ class IRegistry(Interface):
         Returns ``(others, joined)``: the other members' ids in join order, and
         False when it was a member already.
 
-        :raises ProtocolError: ``TOO_MANY_ROOMS``, ``ROOM_FULL``.
+        :raises ProtocolError: ``TOO_MANY_ROOMS``; ``ROOM_FULL`` when the room
+            has its most members, or when the list of its members would not
+            fit in one message (then nothing changes).
         """
 
     def leave(session, room_id):
@@ -141,10 +146,17 @@ class LocalRegistry:
     """Every session, peer and room of a single server process."""
 
     def __init__(self, store: IOfflineStore, max_rooms_per_session: int,
-                 max_room_members: int) -> None:
+                 max_room_members: int, max_members_bytes: int = 1 << 30) -> None:
+        """
+        ``max_members_bytes``: the most bytes the encoded member ids of a
+        room may take (what ``join-success`` lists).
+        """
         self._store = store
         self._max_rooms = max_rooms_per_session
         self._max_members = max_room_members
+        self._max_members_bytes = max_members_bytes
+        #: room id -> bytes its member ids take in a JSON list
+        self._members_bytes: dict[str, int] = {}
         #: The state, public for inspection (tests, debugging); change it only
         #: through the methods, which keep the invariants.
         self.sessions: set[Session] = set()
@@ -156,6 +168,14 @@ class LocalRegistry:
         self.rooms: dict[str, dict[str, Session]] = {}
         self._registrations = 0
 
+    @classmethod
+    def from_config(cls, store: IOfflineStore, config: Config) -> "LocalRegistry":
+        """The registry of a single server configured by ``config``."""
+        return cls(
+            store, config.max_rooms_per_connection, config.max_room_members,
+            config.max_outgoing_size - JOIN_SUCCESS_ENVELOPE,
+        )
+
     def add(self, session: Session) -> None:
         self.sessions.add(session)
 
@@ -166,7 +186,8 @@ class LocalRegistry:
             return []
         left = list(session.rooms)
         for room_id in left:
-            self._remove_member(session, room_id)
+            self._remove_member(identity, room_id)
+        session.rooms = set()
         del self.identities[identity]
         if session.registered:
             del self.peers[identity]
@@ -203,10 +224,17 @@ class LocalRegistry:
         new.registered_seq = old.registered_seq
         if old.registered:
             self.peers[identity] = new
+        grant = new.grant
+        left = set()
         for room_id in old.rooms:
-            self.rooms[room_id][identity] = new
-        new.rooms |= old.rooms
-        old.rooms = set()
+            if grant is None or grant.allows_room(room_id):
+                self.rooms[room_id][identity] = new
+                new.rooms.add(room_id)
+            else:
+                left.add(room_id)
+        for room_id in left:
+            self._remove_member(identity, room_id)
+        old.rooms = left
         old.registered = False
         old.replaced = True
 
@@ -236,24 +264,33 @@ class LocalRegistry:
             raise ProtocolError(
                 m.TOO_MANY_ROOMS, f"a connection may be in at most {self._max_rooms} rooms"
             )
+        if members is not None and len(members) >= self._max_members:
+            raise ProtocolError(m.ROOM_FULL, f"room '{room_id}' is full")
+        size = self._members_bytes.get(room_id, 0) + len(encode_id(identity)) + 1  # type: ignore[arg-type]
+        if size > self._max_members_bytes:
+            raise ProtocolError(
+                m.ROOM_FULL, f"room '{room_id}' has too many members to list in one message"
+            )
         if members is None:
             members = self.rooms[room_id] = {}
-        elif len(members) >= self._max_members:
-            raise ProtocolError(m.ROOM_FULL, f"room '{room_id}' is full")
         others = list(members)
         members[identity] = session  # type: ignore[index]
+        self._members_bytes[room_id] = size
         session.rooms.add(room_id)
         return others, True
 
     def leave(self, session: Session, room_id: str) -> None:
-        self._remove_member(session, room_id)
-
-    def _remove_member(self, session: Session, room_id: str) -> None:
-        members = self.rooms[room_id]
-        del members[session.identity]  # type: ignore[arg-type]
+        self._remove_member(session.identity, room_id)  # type: ignore[arg-type]
         session.rooms.discard(room_id)
-        if not members:
+
+    def _remove_member(self, identity: str, room_id: str) -> None:
+        members = self.rooms[room_id]
+        del members[identity]
+        if members:
+            self._members_bytes[room_id] -= len(encode_id(identity)) + 1
+        else:
             del self.rooms[room_id]
+            del self._members_bytes[room_id]
 
     def room_member(self, room_id: str, identity: str) -> Session | None:
         members = self.rooms.get(room_id)
@@ -288,6 +325,15 @@ class LocalRegistry:
             "peers": len(self.peers),
             "rooms": len(self.rooms),
         }
+
+
+#: Room for the ``join-success`` fields around the list of members.
+JOIN_SUCCESS_ENVELOPE = 1024
+
+
+def encode_id(identity: str) -> bytes:
+    """An id as it appears in a JSON list."""
+    return encode({"": identity})[4:-1]
 
 
 def _send_all(sessions: Iterable[Session], data: bytes, exclude: Session | None) -> int:

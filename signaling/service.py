@@ -169,9 +169,7 @@ class SignalingService(MultiService):
         self.store = store
         self.draining = False
         self.metrics = Metrics()
-        self.registry = LocalRegistry(
-            store, config.max_rooms_per_connection, config.max_room_members
-        )
+        self.registry = LocalRegistry.from_config(store, config)
         self.hub = hub = Hub(
             config, clock, store, self.metrics, policies.verifier, self.registry
         )
@@ -184,8 +182,8 @@ class SignalingService(MultiService):
         self.fast_path = config.fast_path and internals.available()
         factory_class = internals.FastSignalingFactory if self.fast_path else SignalingFactory
         self.factory = factory_class(
-            hub, gate, self.metrics, config.max_message_size, config.max_send_buffer,
-            config.handshake_timeout,
+            hub, gate, self.metrics, config.max_message_size, config.max_outgoing_size,
+            config.max_send_buffer, config.handshake_timeout, reactor,
         )
         started_at = clock.seconds()
         status = StatusEndpoints(

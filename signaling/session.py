@@ -37,6 +37,16 @@ class IConnection(Interface):
     def resume_reading():
         """Read from the client again."""
 
+    def writable():
+        """Whether the connection takes more data now (its send buffer is not full)."""
+
+    def when_drained(callback):
+        """
+        Call ``callback()`` once what was sent so far has left the
+        connection's send buffer (soon, when it is not full), unless the
+        connection closes first.
+        """
+
 
 class Session:
     """Everything the hub knows about one open connection."""
@@ -45,6 +55,7 @@ class Session:
         "conn", "address", "identity", "registered", "device_type",
         "device_info", "connected_at", "registered_seq", "rooms", "ack_mode",
         "alive", "replaced", "open", "grant", "limiter", "busy", "waiting",
+        "error_log", "error_log_muted",
     )
 
     def __init__(self, conn: Any, address: str, now_ms: int,
@@ -77,6 +88,9 @@ class Session:
         self.busy = False
         #: payloads received while busy, answered in order afterwards
         self.waiting: deque[Any] = deque()
+        #: how many of its errors may still be logged (made at the first error)
+        self.error_log: Any = None
+        self.error_log_muted = False
 
     def send(self, data: bytes) -> bool:
         """

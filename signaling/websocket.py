@@ -25,7 +25,7 @@ from .events import IServerEvents
 from .hub import Hub
 from .limits import ConnectionGate
 from .logs import log_event
-from .messages import CLOSE_SLOW_CONSUMER, ProtocolError
+from .messages import CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE, ProtocolError
 from .session import IConnection
 
 __all__ = ["SignalingProtocol", "SignalingFactory", "OutputWatch"]
@@ -47,12 +47,14 @@ class OutputWatch:
     yet. Over ``limit`` the connection is a slow consumer.
     """
 
-    __slots__ = ("paused", "held", "limit")
+    __slots__ = ("paused", "held", "limit", "_drained", "_clock")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, clock: Any) -> None:
         self.paused = False
         self.held = 0
         self.limit = limit
+        self._drained: list[Any] = []
+        self._clock = clock
 
     def wrote(self, size: int) -> bool:
         """Account ``size`` bytes written; True when the client fell too far behind."""
@@ -61,15 +63,37 @@ class OutputWatch:
             return self.held > self.limit
         return False
 
+    def when_drained(self, callback: Any) -> None:
+        """
+        ``callback()`` once the buffer has been empty: at the next resume
+        while it is full, else after this reactor turn (the transport writes
+        what it holds when the reactor runs).
+        """
+        if self.paused:
+            self._drained.append(callback)
+        else:
+            self._clock.callLater(0, callback)
+
+    def release(self) -> None:
+        """The connection is gone: call every waiting callback now."""
+        self.paused = True
+        self._call_drained()
+
+    def _call_drained(self) -> None:
+        callbacks, self._drained = self._drained, []
+        for callback in callbacks:
+            callback()
+
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
         self.held = 0
+        self._call_drained()
 
     def stopProducing(self) -> None:
-        self.paused = True
+        self.release()
 
 
 @implementer(IConnection)
@@ -108,7 +132,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         raise ConnectionDeny(code, text)
 
     def onOpen(self) -> None:
-        self._output = OutputWatch(self.factory.max_send_buffer)
+        self._output = OutputWatch(self.factory.max_send_buffer, self.factory.reactor)
         self.transport.registerProducer(self._output, True)
         hub = self.factory.hub
         self.session = hub.connect(self, self.peer_address)
@@ -121,6 +145,11 @@ class SignalingProtocol(WebSocketServerProtocol):
         super().onOpenHandshakeTimeout()
 
     def onMessage(self, payload: bytes | str, isBinary: bool) -> None:
+        if 0 < self.factory.max_message_size < len(payload):
+            # A message of several frames, each within the frame limit, that
+            # is larger together (Autobahn's own limit is the outgoing one).
+            self.sendCloseFrame(CLOSE_TOO_LARGE, b"message too large", isReply=False)
+            return
         self.factory.hub.receive_payload(self.session, payload)
 
     def onPong(self, payload: bytes) -> None:
@@ -133,6 +162,8 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
+        if self._output is not None:
+            self._output.release()
         if self._client_host is not None:
             self.factory.gate.release(self._client_host)
             self._client_host = None
@@ -173,6 +204,17 @@ class SignalingProtocol(WebSocketServerProtocol):
         """Read from the client again."""
         self.transport.resumeProducing()
 
+    def writable(self) -> bool:
+        """Whether the transport's send buffer has room (it is not full)."""
+        return self.state == STATE_OPEN and not self._output.paused  # type: ignore[union-attr]
+
+    def when_drained(self, callback: Any) -> None:
+        """``callback()`` once the send buffer has drained, or the connection is gone."""
+        if self._output is None or self.state != STATE_OPEN:
+            self.factory.reactor.callLater(0, callback)
+        else:
+            self._output.when_drained(callback)
+
 
 class SignalingFactory(WebSocketServerFactory):
     """Creates :class:`SignalingProtocol` instances that share one hub."""
@@ -185,10 +227,16 @@ class SignalingFactory(WebSocketServerFactory):
         gate: ConnectionGate,
         events: IServerEvents,
         max_message_size: int,
+        max_outgoing_size: int,
         max_send_buffer: int,
         handshake_timeout: float,
+        reactor: Any,
     ) -> None:
-        super().__init__()
+        """
+        ``max_message_size`` bounds what clients send (larger: close 1009),
+        ``max_outgoing_size`` what the server sends (the hub keeps to it).
+        """
+        super().__init__(reactor=reactor)
         #: The ``Site`` that answers plain HTTP requests on the same port
         #: (set by the service once it is built; used by the fast path).
         self.http_site: Any = None
@@ -196,8 +244,12 @@ class SignalingFactory(WebSocketServerFactory):
         self.gate = gate
         self.events = events
         self.max_send_buffer = max_send_buffer
+        self.max_message_size = max_message_size
         self.setProtocolOptions(
-            maxMessagePayloadSize=max_message_size,
+            # Autobahn applies its message limit to both directions; frames
+            # from clients are bounded by the frame limit, whole messages in
+            # onMessage.
+            maxMessagePayloadSize=max_outgoing_size,
             maxFramePayloadSize=max_message_size,
             # Send the promised close frame (1009, 1002...) instead of a bare TCP drop.
             failByDrop=False,

@@ -17,7 +17,7 @@ from signaling.cluster.connection import CommandConnection, SubscriberConnection
 from signaling.cluster.scripts import load_scripts
 
 #: Command timeout in the tests: short, so outage tests finish fast.
-TIMEOUT = 0.5
+TIMEOUT = 1.0
 
 
 def the_reactor():

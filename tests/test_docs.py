@@ -144,9 +144,9 @@ class ReadmeProtocolTests(ServerTestCase):
                 assert_like(self, got, expected, more, line)
             elif aside:
                 who, what = aside.groups()
-                same = re.fullmatch(r'the same object with "(\w+)":"([^"]*)"', what)
+                same = re.fullmatch(r'the same object with ("\w+":"[^"]*"(?:,"\w+":"[^"]*")*)', what)
                 if same:
-                    expected, more = {**last_sent, same.group(1): same.group(2)}, False
+                    expected, more = {**last_sent, **json.loads("{" + same.group(1) + "}")}, False
                 else:
                     expected, more = parse_example(what)
                 if who == "every other peer":

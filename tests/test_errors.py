@@ -28,6 +28,7 @@ class ErrorTests(ServerTestCase):
         self.service.factory.setProtocolOptions(
             maxMessagePayloadSize=0, maxFramePayloadSize=0
         )
+        self.service.factory.max_message_size = 0
         client = yield self.connect()
         client.send(b'{"type":"ping","x":' + b"[" * 100000 + b"]" * 100000 + b"}")
         yield client.expect_error("INVALID_MESSAGE")

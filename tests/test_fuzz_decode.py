@@ -84,12 +84,12 @@ HOSTILE_BYTES = [b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\
 
 
 def strict_loads(data: bytes):
-    """Parse JSON the way a strict peer would: ASCII, no NaN/Infinity."""
+    """Parse JSON the way a strict peer would: valid UTF-8, no NaN/Infinity."""
 
     def no_constant(name):
         raise AssertionError(f"encoder produced {name}")
 
-    return json.loads(data.decode("ascii"), parse_constant=no_constant)
+    return json.loads(data.decode("utf-8"), parse_constant=no_constant)
 
 
 class DecodeContractMixin:
@@ -245,9 +245,11 @@ class DecodeExampleTests(DecodeContractMixin, SynchronousTestCase):
         for data in (b"\xff", b'{"type":"\xff"}', b'{"type":"t"}\x80', b"\xc0\x80"):
             self.assertInvalid(data)
 
-    def test_non_ascii_is_escaped(self):
-        wire = encode(decode('{"type":"t","x":"zoë 🎉"}'))
-        self.assertEqual(wire, b'{"type":"t","x":"zo\\u00eb \\ud83c\\udf89"}')
+    def test_non_ascii_is_written_as_utf8(self):
+        wire = encode(decode('{"type":"t","x":"zo\\u00eb 🎉"}'))
+        self.assertEqual(wire, '{"type":"t","x":"zoë 🎉"}'.encode("utf-8"))
+        cjk = "漢" * 15000
+        self.assertEqual(len(encode({"type": "t", "x": cjk})), 45000 + len(b'{"type":"t","x":""}'))
 
     def test_memoryview_and_bytearray(self):
         self.assertEqual(decode(memoryview(b'{"type":"t"}')), {"type": "t"})

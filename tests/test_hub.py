@@ -31,9 +31,14 @@ class RecordingConnection:
         self.aborted = False
         self.pings = 0
         self.reading = True
+        #: messages the send buffer takes before it is full (None: no limit)
+        self.capacity = self.room = None
+        self.drained = []
 
     def send(self, data):
         self.sent.append(json.loads(data))
+        if self.room is not None:
+            self.room -= 1
 
     def close(self, code, reason):
         self.closed = (code, reason)
@@ -49,6 +54,23 @@ class RecordingConnection:
 
     def resume_reading(self):
         self.reading = True
+
+    def writable(self):
+        return self.room is None or self.room > 0
+
+    def when_drained(self, callback):
+        if self.room is None:
+            callback()
+        else:
+            self.drained.append(callback)
+
+    def drain(self):
+        """The client read everything: the buffer has room again."""
+        if self.room is not None:
+            self.room = self.capacity
+        callbacks, self.drained = self.drained, []
+        for callback in callbacks:
+            callback()
 
     def types(self):
         return [m["type"] for m in self.sent]
@@ -77,6 +99,10 @@ class HubTestCase(unittest.SynchronousTestCase):
     def connect(self):
         conn = RecordingConnection()
         return conn, self.hub.connect(conn, "127.0.0.1:1")
+
+    def tearDown(self):
+        for session in list(self.registry.sessions):
+            session.conn.drain()
 
     def send(self, session, message):
         self.hub.receive_payload(session, json.dumps(message))
@@ -215,7 +241,8 @@ class DirectedTests(HubTestCase):
         a, alice = self.peer("alice")
         b, _ = self.peer("bob")
         self.send(alice, {"type": "offer", "to": "bob", "from": "mallory", "sdp": "x"})
-        self.assertEqual(b.sent, [{"type": "offer", "to": "bob", "from": "alice", "sdp": "x"}])
+        self.assertEqual(b.sent, [{"type": "offer", "to": "bob", "from": "alice",
+                                   "sender": "alice", "sdp": "x"}])
         self.send(alice, {"type": "message", "to": "bob", "payload": 1})
         self.assertEqual(b.last()["timestamp"], 1000000)
         self.assertEqual(self.hub.stats()["forwarded"], 2)
@@ -233,10 +260,82 @@ class DirectedTests(HubTestCase):
         self.send(alice, {"type": "message", "to": "zoe", "messageId": "m2", "payload": 2})
         error = self.assert_error(a, "QUEUE_FULL", "message")
         self.assertEqual((error["peerId"], error["messageId"]), ("zoe", "m2"))
-        z, _ = self.connect()
-        self.hub.receive_payload(_, json.dumps({"type": "register", "peerId": "zoe"}))
+        z = RecordingConnection()
+        z.capacity = z.room = 5
+        zoe = self.hub.connect(z, "127.0.0.1:2")
+        self.send(zoe, {"type": "register", "peerId": "zoe"})
         self.assertEqual(z.types(), ["registered", "offline-message"])
         self.assertEqual(z.last()["originalMessage"]["from"], "alice")
+        self.assertEqual(self.store.count, 1, "kept until the bytes left the buffer")
+        z.drain()
+        self.assertEqual(self.store.count, 0)
+
+
+class BacklogTests(HubTestCase):
+    """Offline messages are delivered as fast as the recipient reads them."""
+
+    config = {"offline_max": 10}
+
+    def backlog(self, n):
+        a, alice = self.peer("alice")
+        for i in range(n):
+            self.send(alice, {"type": "message", "to": "zoe", "messageId": f"m{i}", "payload": i})
+        self.assertEqual(self.store.count, n)
+
+    def zoe(self, capacity, **fields):
+        conn = RecordingConnection()
+        conn.capacity = conn.room = capacity
+        session = self.hub.connect(conn, "127.0.0.1:2")
+        self.send(session, {"type": "register", "peerId": "zoe", **fields})
+        return conn, session
+
+    def offline_ids(self, conn):
+        return [m["messageId"] for m in conn.sent if m["type"] == "offline-message"]
+
+    def test_written_as_the_buffer_drains_and_removed_once_written(self):
+        watcher, _ = self.peer("watcher")
+        self.backlog(7)
+        z, zoe = self.zoe(capacity=3)
+        self.assertEqual(z.types(), ["registered", "offline-message", "offline-message"])
+        self.assertEqual(self.store.count, 7)
+        z.drain()
+        self.assertEqual(self.store.count, 5)
+        z.drain()
+        self.assertEqual(self.offline_ids(z), [f"m{i}" for i in range(7)])
+        self.assertEqual(self.store.count, 2)
+        self.assertFalse([m for m in watcher.sent if m.get("peerId") == "zoe"])
+        z.drain()
+        self.assertEqual(self.store.count, 0)
+        self.assertEqual(watcher.last()["status"], "online", "announced once all was written")
+
+    def test_requests_wait_behind_the_backlog(self):
+        self.backlog(4)
+        z, zoe = self.zoe(capacity=2)
+        self.send(zoe, {"type": "ping"})
+        self.assertNotIn("pong", z.types())
+        for _ in range(3):
+            z.drain()
+        self.assertEqual(z.types()[-1], "pong")
+
+    def test_connection_lost_midway_keeps_the_rest(self):
+        self.backlog(6)
+        z, zoe = self.zoe(capacity=3)
+        z.drain()
+        self.assertEqual(self.store.count, 4)
+        self.hub.disconnect(zoe)
+        z.drain()
+        self.assertEqual(self.store.count, 4)
+        again, _ = self.zoe(capacity=None)
+        self.assertEqual(self.offline_ids(again), ["m2", "m3", "m4", "m5"])
+
+    def test_ack_mode_keeps_everything_until_acknowledged(self):
+        self.backlog(3)
+        z, zoe = self.zoe(capacity=2, ack=True)
+        z.drain()
+        z.drain()
+        self.assertEqual(self.offline_ids(z), ["m0", "m1", "m2"])
+        self.assertEqual(self.store.count, 3)
+        self.send(zoe, {"type": "ack", "messageIds": ["m0", "m1", "m2"]})
         self.assertEqual(self.store.count, 0)
 
 
@@ -298,7 +397,7 @@ class RoomTests(HubTestCase):
         b, bob = self.member("r", "bob")
         self.send(alice, {"type": "chat", "roomId": "r", "sender": "mallory", "message": "hi"})
         self.assertEqual(b.last(), {"type": "chat", "roomId": "r", "sender": "alice",
-                                    "message": "hi"})
+                                    "from": "alice", "message": "hi"})
         self.send(alice, {"type": "offer", "roomId": "r", "to": "bob"})
         self.assertEqual(b.last()["type"], "offer")
         for target, code in (("alice", "PEER_NOT_IN_ROOM"), ("zed", "PEER_NOT_IN_ROOM")):

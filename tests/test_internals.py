@@ -119,7 +119,9 @@ def connect(protocol_class=Recording, max_message_size: int = 65536):
     metrics = Metrics(process=False)
     hub = Hub(config, clock, MemoryStore(), metrics)
     gate = ConnectionGate(OriginPolicy(), ProxyPolicy(), 0, 0)
-    factory = FastSignalingFactory(hub, gate, metrics, max_message_size, 1 << 20, 10.0)
+    factory = FastSignalingFactory(
+        hub, gate, metrics, max_message_size, max_message_size + 16384, 1 << 20, 10.0, clock
+    )
     factory.protocol = protocol_class
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -353,16 +355,18 @@ class EncodeTests(unittest.TestCase):
     """The encoder built once writes what ``json.JSONEncoder`` writes."""
 
     def test_same_bytes_as_json_encoder(self) -> None:
-        reference = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+        reference = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        ascii_reference = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
         from signaling.messages import encode
 
         for message in (
-            {"type": "offer", "sdp": "v=0\r\n\u00e9\u2028\ud83d\ude00", "n": [1, 2.5, -0.0, 1e16]},
+            {"type": "offer", "sdp": "v=0\r\n\u00e9\u2028\U0001f600", "n": [1, 2.5, -0.0, 1e16]},
             {"type": "x", "nested": {"a": [{"b": None, "c": True}]}, "big": 10**30},
-            {"type": "lone", "s": "\ud800"},
             {},
         ):
-            self.assertEqual(encode(message), reference.encode(message).encode("ascii"))
+            self.assertEqual(encode(message), reference.encode(message).encode("utf-8"))
+        lone = {"type": "lone", "s": "\ud800"}
+        self.assertEqual(encode(lone), ascii_reference.encode(lone).encode("ascii"))
 
     def test_non_finite_refused(self) -> None:
         from signaling.messages import encode

@@ -35,7 +35,8 @@ def test_directed_message_route(server, fast_path):
     yield alice.expect("peer-status")
     alice.send({"type": "offer", "to": "bob", "from": "mallory", "sdp": "é" * 100})
     offer = yield bob.expect("offer", skip=("peer-status",))
-    assert offer == {"type": "offer", "to": "bob", "from": "alice", "sdp": "é" * 100}
+    assert offer == {"type": "offer", "to": "bob", "from": "alice", "sender": "alice",
+                     "sdp": "é" * 100}
     assert service.hub.stats()["forwarded"] == 1
     for client in (alice, bob):
         yield client.drop()

@@ -35,7 +35,7 @@ class OfflineTests(ServerTestCase):
         self.assertEqual(first, {
             "type": "offline-message", "messageId": "m1",
             "originalMessage": {"type": "offer", "to": "later", "messageId": "m1",
-                                "offer": {"sdp": "1"}, "from": "sender"},
+                                "offer": {"sdp": "1"}, "from": "sender", "sender": "sender"},
             "storedAt": 1000000, "deliveredAt": 1003000,
         })
         second = yield later.expect("offline-message")

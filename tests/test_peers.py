@@ -93,7 +93,7 @@ class DirectedTests(ServerTestCase):
             {"type": "file-request", "to": "b", "name": "x.txt"},
         ):
             a.send(message)
-            self.assertEqual((yield b.next()), dict(message, **{"from": "a"}))
+            self.assertEqual((yield b.next()), dict(message, **{"from": "a", "sender": "a"}))
 
     @defer.inlineCallbacks
     def test_spoofed_from_is_overwritten(self):
@@ -110,7 +110,7 @@ class DirectedTests(ServerTestCase):
         b = yield self.register("b")
         a.send({"type": "message", "to": "b", "payload": {"text": "hi"}})
         got = yield b.expect("message")
-        self.assertEqual(got, {"type": "message", "to": "b", "from": "a",
+        self.assertEqual(got, {"type": "message", "to": "b", "from": "a", "sender": "a",
                                "payload": {"text": "hi"}, "timestamp": 5000})
 
     @defer.inlineCallbacks

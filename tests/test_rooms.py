@@ -53,7 +53,7 @@ class RoomTests(ServerTestCase):
             "data": {"nested": [1, 2, {"x": None}]},
         }
         alice.send(offer)
-        expected = dict(offer, sender="alice")
+        expected = dict(offer, sender="alice", **{"from": "alice"})
         self.assertEqual((yield bob.next()), expected)
         self.assertEqual((yield carol.next()), expected)
         yield self.roundtrip(alice)
@@ -71,7 +71,7 @@ class RoomTests(ServerTestCase):
             {"type": "custom-thing", "roomId": "r1", "anything": True},
         ):
             bob.send(message)
-            self.assertEqual((yield alice.next()), dict(message, sender="bob"))
+            self.assertEqual((yield alice.next()), dict(message, sender="bob", **{"from": "bob"}))
 
     @defer.inlineCallbacks
     def test_directed_within_room(self):

@@ -6,14 +6,15 @@ client (:meth:`Context.reply`, :meth:`Context.refuse`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.logger import Logger
 
 from .. import messages as m
 from ..auth import Authorizer
-from ..config import Config
+from ..config import ERROR_LOG_BURST, ERROR_LOG_RATE, Config
 from ..events import IServerEvents
+from ..limits import TokenBucket
 from ..logs import log_event, payload_for_log
 from ..messages import ProtocolError, encode, error_message
 from ..registry import IRegistry
@@ -58,6 +59,22 @@ class Context:
         """Send ``message`` (a dict) to ``session``."""
         session.send(encode(message))
 
+    def encode_relayed(self, message: dict[str, Any], extra: int = 0) -> bytes:
+        """
+        ``message`` encoded for its recipients.
+
+        :raises ProtocolError: ``INVALID_MESSAGE`` when it would be larger than
+            the server sends (with ``extra`` bytes of envelope around it).
+        """
+        data = encode(message)
+        if len(data) + extra > self.config.max_outgoing_size:
+            raise ProtocolError(
+                m.INVALID_MESSAGE,
+                f"message too large to deliver ({len(data) + extra} bytes with the server's"
+                f" fields, at most {self.config.max_outgoing_size})",
+            )
+        return data
+
     def refuse(
         self, session: Session, error: ProtocolError, request: dict[str, Any] | None = None
     ) -> None:
@@ -65,7 +82,7 @@ class Context:
         self.events.error(error.code)
         # Refused floods are counted, not logged line by line: the log must
         # not grow at the rate an abuser sends.
-        if error.code != m.RATE_LIMITED:
+        if error.code != m.RATE_LIMITED and self._may_log_error(session):
             log_event(
                 self.log, "error", peer=session.address, code=error.code, reason=error.text,
                 request=None if request is None
@@ -74,6 +91,32 @@ class Context:
         session.send(
             encode(error_message(error.code, error.text, self.now_ms(), request, **error.extra))
         )
+
+    def _may_log_error(self, session: Session) -> bool:
+        """
+        Whether this error of ``session`` is logged: a connection may log
+        :data:`ERROR_LOG_BURST` errors at once and :data:`ERROR_LOG_RATE` a
+        second after that; the first one it may not log says so.
+        """
+        budget = session.error_log
+        if budget is None:
+            budget = session.error_log = TokenBucket(ERROR_LOG_RATE, ERROR_LOG_BURST, self.clock)
+        if budget.take() == 0.0:
+            session.error_log_muted = False
+            return True
+        if not session.error_log_muted:
+            session.error_log_muted = True
+            log_event(self.log, "limit", peer=session.address, limit="error_log")
+        return False
+
+    def announce_left(self, session: Session, identity: str | None,
+                      room_ids: Iterable[str]) -> None:
+        """Tell the members of each room that ``identity`` (of ``session``) left it."""
+        for room_id in room_ids:
+            log_event(self.log, "leave", peer=session.address, identity=identity, room=room_id)
+            self.registry.send_room(
+                room_id, encode({"type": "user-left", "userId": identity, "roomId": room_id}), None
+            )
 
     def relayed(self, type_: str, count: int) -> None:
         """Count ``count`` deliveries of a relayed message."""

@@ -1,25 +1,31 @@
 """
 The offline store seen from the protocol (PROTOCOL section 5): messages for
 peers that are not connected are stored, with ``peer-offline`` to the
-sender; stored messages are delivered after ``registered``; ``ack``
-removes them in ack mode.
+sender; stored messages are delivered after ``registered``, as fast as the
+recipient reads them (:class:`Backlog`); ``ack`` removes them in ack mode.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from .. import messages as m
+from ..config import MAX_MESSAGE_ID_LENGTH
 from ..maybe import then
 from ..messages import ProtocolError
 from ..session import Session
 from ..store import QueueFull
 from .context import Context
 
-__all__ = ["OfflineHandlers"]
+__all__ = ["Backlog", "OfflineHandlers"]
+
+#: Bytes of an ``offline-message`` envelope besides its message id and body.
+_DELIVERY_ENVELOPE = 128
 
 
 class OfflineHandlers:
@@ -40,7 +46,16 @@ class OfflineHandlers:
         once it is durable, ``QUEUE_FULL`` when a limit refuses it).
         """
         ctx = self._ctx
-        message_id = m.client_message_id(request) or secrets.token_hex(12)
+        message_id = m.client_message_id(request)
+        if message_id is None:
+            message_id = secrets.token_hex(12)
+        elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
+            raise ProtocolError(
+                m.INVALID_FIELD,
+                f"'messageId' must be at most {MAX_MESSAGE_ID_LENGTH} characters",
+            )
+        # Stored messages are delivered inside an envelope: it must fit too.
+        ctx.encode_relayed(out, _DELIVERY_ENVELOPE + 4 * len(message_id))
         result = ctx.registry.route(to, message_id, out, session.identity, ctx.clock.seconds())
         return result.addCallbacks(
             self._routed, self._refused,
@@ -63,28 +78,24 @@ class OfflineHandlers:
     def _refused(self, failure: Failure, to: str) -> None:
         if failure.check(QueueFull):
             raise ProtocolError(m.QUEUE_FULL, str(failure.value), peerId=to)
+        if failure.check(ProtocolError):
+            failure.raiseException()
         self._ctx.log.failure("offline store failed", failure)
         raise ProtocolError(m.INTERNAL_ERROR, "the message could not be stored", peerId=to)
 
     def deliver(self, session: Session) -> Any:
-        """Send ``session``'s peer its stored messages, oldest first."""
+        """
+        Send ``session``'s peer its stored messages, oldest first, as fast as
+        it reads them; None when there are none, else a Deferred that fires
+        once all are written (or the connection is gone).
+        """
         ctx = self._ctx
-        peer_id = session.identity
-        return then(ctx.store.pending(peer_id, ctx.clock.seconds()), self._send_pending, session)
+        return then(ctx.store.pending(session.identity, ctx.clock.seconds()), self._start, session)
 
-    def _send_pending(self, entries: list[Any], session: Session) -> Any:
+    def _start(self, entries: list[Any], session: Session) -> Any:
         if not entries:
             return None
-        delivered_at = self._ctx.now_ms()
-        for entry in entries:
-            session.send(
-                m.offline_delivery(
-                    entry.message_id, entry.body, int(entry.stored_at * 1000), delivered_at
-                )
-            )
-        if session.ack_mode:
-            return None
-        return self._ctx.store.remove(session.identity, [entry.message_id for entry in entries])
+        return Backlog(self._ctx, session, entries).start()
 
     def ack(self, session: Session, message: dict[str, Any]) -> Any:
         """Forget acknowledged messages (ack mode)."""
@@ -94,3 +105,56 @@ class OfflineHandlers:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ProtocolError(m.INVALID_FIELD, "'messageIds' must be a list of strings")
         return self._ctx.store.remove(session.identity, ids)
+
+
+class Backlog:
+    """
+    The stored messages of one peer on their way to it, with flow control:
+    they are written while the connection takes them, then the delivery
+    waits until the connection's buffer has drained. Without ack mode an
+    entry is removed from the store only once its bytes have left that
+    buffer; a connection lost midway keeps the rest (and those not yet
+    drained) stored. Our own backlog never counts against the client as a
+    slow consumer: nothing is written while the buffer is full.
+    """
+
+    def __init__(self, ctx: Context, session: Session, entries: list[Any]) -> None:
+        self._ctx = ctx
+        self._session = session
+        self._entries = deque(entries)
+        self._written: list[str] = []
+        self._done: Deferred = Deferred()
+        self._delivered_at = ctx.now_ms()
+
+    def start(self) -> Deferred:
+        """Begin; the Deferred fires with None once every entry is written or the connection is gone."""
+        self._pump()
+        return self._done
+
+    def _pump(self) -> None:
+        session = self._session
+        conn = session.conn
+        entries = self._entries
+        while entries and session.open and conn.writable():
+            entry = entries.popleft()
+            session.send(m.offline_delivery(
+                entry.message_id, entry.body, int(entry.stored_at * 1000), self._delivered_at
+            ))
+            self._written.append(entry.message_id)
+        if not session.open:
+            self._done.callback(None)
+        else:
+            conn.when_drained(self._drained)
+
+    def _drained(self) -> None:
+        session = self._session
+        if not session.open:
+            self._done.callback(None)
+            return
+        written, self._written = self._written, []
+        if written and not session.ack_mode:
+            self._ctx.store.remove(session.identity, written)
+        if self._entries:
+            self._pump()
+        else:
+            self._done.callback(None)

@@ -17,6 +17,11 @@ from .offline import OfflineHandlers
 
 __all__ = ["PeerHandlers"]
 
+#: Longest cursor accepted (a registration number).
+_MAX_CURSOR_DIGITS = 20
+#: Room for the ``peers-list`` fields around the entries.
+_PEERS_LIST_ENVELOPE = 128
+
 
 class PeerHandlers:
     """Registration, peer lists, directed messages and presence."""
@@ -115,7 +120,8 @@ class PeerHandlers:
         after = 0
         if message.get("cursor") is not None:
             cursor = message["cursor"]
-            if not isinstance(cursor, str) or not cursor.isdigit():
+            if not (isinstance(cursor, str) and cursor.isascii() and cursor.isdigit()
+                    and len(cursor) <= _MAX_CURSOR_DIGITS):
                 raise ProtocolError(m.INVALID_FIELD, "'cursor' must be a cursor from 'nextCursor'")
             after = int(cursor)
         return then(
@@ -124,26 +130,36 @@ class PeerHandlers:
         )
 
     def _reply_peers(self, page: Any, session: Session) -> None:
-        reply: dict[str, Any] = {"type": "peers-list"}
-        if page.more:
-            reply["nextCursor"] = str(page.peers[-1].registered_seq)
-        if self._ctx.config.hide_device_info:
-            reply["peers"] = [
-                {"peerId": peer.identity, "connectedAt": peer.connected_at} for peer in page.peers
-            ]
-        else:
-            reply["peers"] = [
-                {
+        """
+        The ``peers-list``, built from each peer's encoded entry. Peers that
+        would make it larger than the server sends are left for the next
+        page: ``nextCursor`` says where it starts, also for a request that
+        asked for everyone.
+        """
+        hide = self._ctx.config.hide_device_info
+        budget = self._ctx.config.max_outgoing_size - _PEERS_LIST_ENVELOPE
+        entries: list[bytes] = []
+        more = page.more
+        for peer in page.peers:
+            if hide:
+                entry = {"peerId": peer.identity, "connectedAt": peer.connected_at}
+            else:
+                entry = {
                     "peerId": peer.identity,
                     "deviceType": peer.device_type,
                     "deviceInfo": peer.device_info,
                     "connectedAt": peer.connected_at,
                 }
-                for peer in page.peers
-            ]
-        reply["count"] = len(page.peers)
-        reply["total"] = page.total
-        self._ctx.reply(session, reply)
+            data = encode(entry)
+            budget -= len(data) + 1
+            if budget < 0 and entries:
+                more = True
+                break
+            entries.append(data)
+        tail = b',"count":%d,"total":%d' % (len(entries), page.total)
+        if more:
+            tail += b',"nextCursor":"%d"' % page.peers[len(entries) - 1].registered_seq
+        session.send(b'{"type":"peers-list","peers":[' + b",".join(entries) + b"]" + tail + b"}")
 
     # -- directed relay -------------------------------------------------------
 
@@ -156,23 +172,31 @@ class PeerHandlers:
         ctx = self._ctx
         to = validate_id(message["to"], "to")
         out = dict(message)
-        out["from"] = session.identity
+        # Both families of clients read the sender: peer clients in "from",
+        # room clients in "sender"; neither may be chosen by the client.
+        out["from"] = out["sender"] = session.identity
         if out["type"] == "message" and "timestamp" not in out:
             out["timestamp"] = ctx.now_ms()
         target = ctx.registry.holder(to)
         if target is not None:
-            target.send(encode(out))
+            target.send(ctx.encode_relayed(out))
             ctx.relayed(out["type"], 1)
             return None
         return self._offline.route(session, to, out, message)
 
 
 def take_over(ctx: Context, session: Session, replaced: Session | None) -> None:
-    """``session`` took its id over from ``replaced`` (on this server): close the old one."""
+    """
+    ``session`` took its id over from ``replaced`` (on this server): close the
+    old one, and tell the members of the rooms the id left because the new
+    connection's token does not allow them (``replaced.rooms``).
+    """
     if replaced is None:
         return
     log_event(
         ctx.log, "takeover", peer=session.address, identity=session.identity,
         old=replaced.address,
     )
+    ctx.announce_left(session, session.identity, replaced.rooms)
+    replaced.rooms = set()
     replaced.conn.close(m.CLOSE_REPLACED, "replaced")

@@ -5,7 +5,7 @@ to the members of a room (``roomId``, optionally ``to`` one member).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from .. import messages as m
 from ..logs import log_event
@@ -65,18 +65,8 @@ class RoomHandlers:
         return then(self._ctx.registry.leave(session, room_id), self._left, session, room_id)
 
     def _left(self, _: Any, session: Session, room_id: str) -> None:
-        self.announce_left(session, [room_id])
+        self._ctx.announce_left(session, session.identity, [room_id])
         self._ctx.reply(session, {"type": "leave-success", "roomId": room_id})
-
-    def announce_left(self, session: Session, room_ids: Iterable[str]) -> None:
-        """Tell the members of each room ``session``'s identity left that it left."""
-        ctx = self._ctx
-        identity = session.identity
-        for room_id in room_ids:
-            log_event(ctx.log, "leave", peer=session.address, identity=identity, room=room_id)
-            ctx.registry.send_room(
-                room_id, encode({"type": "user-left", "userId": identity, "roomId": room_id}), None
-            )
 
     def relay(self, session: Session, message: dict[str, Any]) -> None:
         """Forward a message with ``roomId`` to the room, or to its member ``to``."""
@@ -85,7 +75,8 @@ class RoomHandlers:
         if room_id not in session.rooms:
             raise ProtocolError(m.NOT_IN_ROOM, f"not a member of room '{room_id}'")
         out = dict(message)
-        out["sender"] = session.identity
+        # Room clients read "sender", peer clients "from": both are the bound id.
+        out["sender"] = out["from"] = session.identity
         if "to" in message:
             to = validate_id(message["to"], "to")
             target = ctx.registry.room_member(room_id, to)
@@ -93,8 +84,8 @@ class RoomHandlers:
                 raise ProtocolError(
                     m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
                 )
-            target.send(encode(out))
+            target.send(ctx.encode_relayed(out))
             delivered = 1
         else:
-            delivered = ctx.registry.send_room(room_id, encode(out), session)
+            delivered = ctx.registry.send_room(room_id, ctx.encode_relayed(out), session)
         ctx.relayed(out["type"], delivered)
