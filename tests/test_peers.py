@@ -141,8 +141,8 @@ class DirectedTests(ServerTestCase):
         reply = yield a.expect("peers-list", skip=("peer-status",))
         self.assertEqual(reply["count"], 2)
         self.assertEqual(reply["peers"], [
-            {"peerId": "b", "deviceType": "mobile", "deviceInfo": None, "connectedAt": 101000},
-            {"peerId": "c", "deviceType": None, "deviceInfo": None, "connectedAt": 101000},
+            {"peerId": "b", "deviceType": "mobile", "deviceInfo": {}, "connectedAt": 101000},
+            {"peerId": "c", "deviceType": "unknown", "deviceInfo": {}, "connectedAt": 101000},
         ])
         self.assertNotIn("nextCursor", reply)
 

@@ -96,9 +96,11 @@ class PeerHandlers:
         if ctx.config.presence != "all":
             return
         message: dict[str, Any] = {"type": "peer-status", "peerId": session.identity, "status": status}
+        # A device field the peer never gave is left out (as the peer seed did).
         if not ctx.config.hide_device_info:
-            message["deviceType"] = session.device_type
-            if status == "online":
+            if session.device_type is not None:
+                message["deviceType"] = session.device_type
+            if status == "online" and session.device_info is not None:
                 message["deviceInfo"] = session.device_info
         message["timestamp"] = ctx.now_ms()
         ctx.registry.send_peers(encode(message), session)
@@ -144,10 +146,12 @@ class PeerHandlers:
             if hide:
                 entry = {"peerId": peer.identity, "connectedAt": peer.connected_at}
             else:
+                # A device field the peer never gave shows as the peer seed
+                # showed it, so client code such as deviceInfo.name works.
                 entry = {
                     "peerId": peer.identity,
-                    "deviceType": peer.device_type,
-                    "deviceInfo": peer.device_info,
+                    "deviceType": "unknown" if peer.device_type is None else peer.device_type,
+                    "deviceInfo": {} if peer.device_info is None else peer.device_info,
                     "connectedAt": peer.connected_at,
                 }
             data = encode(entry)
