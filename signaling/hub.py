@@ -436,8 +436,10 @@ class Hub:
             return
         message: dict[str, Any] = {"type": "peer-status", "peerId": session.identity, "status": status}
         if not self.config.hide_device_info:
-            message["deviceType"] = session.device_type
-            if status == "online":
+            # A field the peer did not register with is left out (seed behaviour).
+            if session.device_type is not None:
+                message["deviceType"] = session.device_type
+            if status == "online" and session.device_info is not None:
                 message["deviceInfo"] = session.device_info
         message["timestamp"] = self.now_ms()
         self._broadcast_peers(message, exclude=session)
@@ -502,8 +504,9 @@ class Hub:
             reply["peers"] = [
                 {
                     "peerId": peer.identity,
-                    "deviceType": peer.device_type,
-                    "deviceInfo": peer.device_info,
+                    # Seed defaults, so client code such as deviceInfo.name never meets null.
+                    "deviceType": "unknown" if peer.device_type is None else peer.device_type,
+                    "deviceInfo": {} if peer.device_info is None else peer.device_info,
                     "connectedAt": peer.connected_at,
                 }
                 for peer in page
