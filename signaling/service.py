@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,7 +32,7 @@ from .origins import OriginPolicy
 from .proxies import ProxyPolicy
 from .sqlite_store import SqliteStore
 from .store import IOfflineStore, MemoryStore, StoreLimits
-from .tls import ReloadableTLS, tls_from_options, tls_server_endpoint
+from .tls import ReloadableTLS, listen_endpoint, tls_from_options, tls_server_endpoint
 from .web import make_metrics_site, make_site
 from .websocket import ConnectionGate, SignalingFactory
 
@@ -180,11 +180,11 @@ class SignalingService(MultiService):
         if config.port is not None:
             self._add_listener(self._default_endpoint(), self.factory)
         for description in config.listen:
-            self._add_listener(serverFromString(reactor, description), self.factory)
+            self._add_listener(listen_endpoint(reactor, description), self.factory)
         if config.metrics_listen:
             metrics_site = make_metrics_site(hub, self.metrics, started_at, ready, reactor)
             for description in config.metrics_listen:
-                self._add_listener(serverFromString(reactor, description), metrics_site)
+                self._add_listener(listen_endpoint(reactor, description), metrics_site)
         self.timers = Timers(clock)
         self.timers.every(config.heartbeat_interval, self.hub.heartbeat)
         self.timers.every(config.stats_interval, self.hub.log_stats)

@@ -214,7 +214,7 @@ class Options(usage.Options):
         try:
             self.config = Config(**values)
             Policies.from_config(self.config)
-            for description in self.config.listen:
+            for description in (*self.config.listen, *self.config.metrics_listen):
                 check_listen_description(description)
         except ValueError as e:  # TLSConfigError is one too
             raise usage.UsageError(str(e))
