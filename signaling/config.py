@@ -107,6 +107,8 @@ class Config:
     turn_secret: str | None = None
     #: Seconds TURN credentials from ``/ice-servers`` stay valid.
     turn_ttl: float = 86400.0
+    #: Serve the demo video-call page at ``/demo/``.
+    demo: bool = True
 
     def __post_init__(self) -> None:
         if self.port is not None:

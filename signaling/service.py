@@ -30,6 +30,7 @@ from .ice import validate_ice_url
 from .metrics import Metrics
 from .origins import OriginPolicy
 from .proxies import ProxyPolicy
+from .static import demo_urls
 from .sqlite_store import SqliteStore
 from .store import IOfflineStore, MemoryStore, StoreLimits
 from .tls import ReloadableTLS, listen_endpoint, tls_from_options, tls_server_endpoint
@@ -209,6 +210,9 @@ class SignalingService(MultiService):
     def startService(self) -> None:
         super().startService()
         self.timers.start()
+        if self.config.demo:
+            for url in demo_urls(self.config, self.ports()):
+                _log.info("demo video call: open {url} in two browser tabs", url=url)
 
     def reload_tls(self) -> bool:
         """
