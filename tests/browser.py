@@ -40,9 +40,10 @@ __all__ = [
     "session_certificates", "why_unavailable",
 ]
 
-#: Debian's Chromium binary (``/usr/bin/chromium`` is a shell wrapper) and driver.
-CHROMIUM = "/usr/lib/chromium/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+#: Debian's Chromium binary (``/usr/bin/chromium`` is a shell wrapper) and
+#: driver; other systems may name theirs in these environment variables.
+CHROMIUM = os.environ.get("SIGNALING_TEST_CHROMIUM", "/usr/lib/chromium/chromium")
+CHROMEDRIVER = os.environ.get("SIGNALING_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 #: How to get what the browser tests need.
 INSTALL = "apt-get install -y chromium chromium-driver && pip install selenium"
 #: Seconds any single wait on a browser may take.
@@ -223,10 +224,11 @@ class BrowserTestCase(ServerTestCase):
 
     @defer.inlineCallbacks
     def until(self, driver: Any, expression: str, what: str, *args: Any,
-              timeout: float = BROWSER_WAIT) -> Any:
+              timeout: float = BROWSER_WAIT, show: str = "null") -> Any:
         """
         Poll the JavaScript ``expression`` until it is truthy; fires with its
-        value. Fails after ``timeout`` seconds with ``what`` and the console.
+        value. Fails after ``timeout`` seconds with ``what``, the value of the
+        JavaScript ``show`` then, and the browser console.
         """
         deadline = reactor.seconds() + timeout
         while True:
@@ -234,9 +236,11 @@ class BrowserTestCase(ServerTestCase):
             if value:
                 return value
             if reactor.seconds() > deadline:
+                shown = yield self.js(driver, f"return JSON.stringify({show});", *args)
                 console = yield threads.deferToThread(driver.get_log, "browser")
                 raise AssertionError(
-                    f"timed out after {timeout}s waiting for {what}; browser console:\n"
+                    f"timed out after {timeout}s waiting for {what}; at the end: {shown};"
+                    " browser console:\n"
                     + "\n".join(entry.get("message", "") for entry in console[-30:])
                 )
             yield pause(0.1)

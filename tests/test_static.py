@@ -6,9 +6,12 @@ served from a fixed list with validators and safe headers.
 
 from __future__ import annotations
 
+import configparser
+import fnmatch
 import hashlib
 import socket
 from importlib import resources
+from pathlib import Path
 
 from twisted.internet import defer, threads
 from twisted.trial import unittest
@@ -153,6 +156,17 @@ class NoDemoTests(ServerTestCase):
             options = Options(environ)
             options.parseOptions(argv)
             self.assertEqual(options.config.demo, expected, (argv, environ))
+
+
+class PackagingTests(unittest.TestCase):
+    def test_every_served_file_is_package_data(self):
+        """``pip install .`` must ship what the server serves (setup.cfg package_data)."""
+        setup = configparser.ConfigParser()
+        setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+        patterns = [p.strip() for p in setup["options.package_data"]["signaling"].split(",")]
+        for directory, name, _ in (*CLIENT_FILES.values(), *DEMO_FILES.values()):
+            path = f"{directory}/{name}"
+            self.assertTrue(any(fnmatch.fnmatch(path, p) for p in patterns), path)
 
 
 class DemoUrlTests(unittest.TestCase):

@@ -18,6 +18,9 @@ const DEFAULTS = Object.freeze({
   connectTimeoutMs: 10000,
 });
 
+/** The longest wait a server-shutdown message can impose (10 minutes). */
+const MAX_SHUTDOWN_DELAY_MS = 600000;
+
 /** Close codes and error codes after which reconnecting cannot help. */
 const CLOSE_REPLACED = 4001;
 const CLOSE_POLICY = 1008;
@@ -458,7 +461,7 @@ export class SignalingClient {
         break;
       case "server-shutdown":
         if (Number.isFinite(message.reconnectAfterMs) && message.reconnectAfterMs >= 0) {
-          this._nextDelayMs = message.reconnectAfterMs;
+          this._nextDelayMs = Math.min(message.reconnectAfterMs, MAX_SHUTDOWN_DELAY_MS);
         }
         break;
       case "error":

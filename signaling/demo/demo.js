@@ -11,6 +11,8 @@ import { SignalingClient, connectPeer } from "../client/signaling-client.js";
 /** Everyone in a room calls everyone: 4 people make 6 connections. */
 const MAX_PARTICIPANTS = 4;
 const STATS_INTERVAL_MS = 500;
+/** Signaling events kept for window.demo.events(), newest last. */
+const EVENTS_KEPT = 200;
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -18,6 +20,7 @@ const params = new URLSearchParams(location.search);
 /** peerId -> {peerId, session, pc, handle, tile, framesDecoded} */
 const peers = new Map();
 const chatLog = [];
+const eventLog = [];
 let client = null;
 let roomId = null;
 let me = null;
@@ -34,7 +37,11 @@ window.demo = {
       peerId: peer.peerId,
       connectionState: peer.pc.connectionState,
       framesDecoded: peer.framesDecoded,
+      signalingState: peer.pc.signalingState,
+      iceConnectionState: peer.pc.iceConnectionState,
     })),
+  /** The last signaling messages and events, for troubleshooting: [{at, type, from, ...}]. */
+  events: () => eventLog.slice(),
   /** The chat so far: [{from, text}]. */
   messages: () => chatLog.slice(),
   join: (room, peerId) => join(room, peerId),
@@ -116,6 +123,11 @@ async function join(room, peerId, token = params.get("token") || undefined) {
     deviceType: "browser",
     deviceInfo: { name: me, app: "signaling demo" },
   });
+  client.on("*", (m) => {
+    eventLog.push({ at: Date.now(), type: m.type, from: m.from || m.sender, state: m.state,
+      userId: m.userId, code: m.code });
+    if (eventLog.length > EVENTS_KEPT) eventLog.shift();
+  });
   client.on("state", onState);
   client.on("join-success", onJoinSuccess);
   client.on("user-joined", (m) => m.roomId === roomId && addPeer(m.userId));
@@ -191,7 +203,10 @@ function addPeer(peerId) {
   peers.set(peerId, peer);
   // Exactly one side of each pair is polite; the order of the ids decides.
   peer.handle = connectPeer(client, peerId, pc, { polite: me < peerId });
-  peer.handle.onerror = (error) => console.warn(`negotiation with ${peerId}`, error);
+  peer.handle.onerror = (error) => {
+    console.warn(`negotiation with ${peerId}`, error);
+    eventLog.push({ at: Date.now(), type: "negotiation-error", from: peerId, error: String(error) });
+  };
   if (localStream) {
     for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
   } else {
