@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, reactor, threads
 
 from certs import PKI, CertFiles
-from helpers import ServerTestCase, pause
+from helpers import ServerTestCase, pause, record_protocols
 from system import unavailable
 
 __all__ = [
@@ -186,17 +186,7 @@ class BrowserTestCase(ServerTestCase):
         """
         overrides.setdefault("handshake_timeout", 1.0)
         super().start_server(**overrides)
-        site = self.service.site
-        channels: list[Any] = []
-        build = site.buildProtocol
-
-        def build_and_keep(address: Any) -> Any:
-            channel = build(address)
-            channels.append(channel)
-            return channel
-
-        site.buildProtocol = build_and_keep
-        self.addCleanup(self._cut, channels)
+        self.addCleanup(self._cut, record_protocols(self.service.site))
 
     def _cut(self, channels: list[Any]) -> None:
         for channel in channels:
