@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
+from signaling.messages import encode
+
 import netns
 from browser import BrowserTestCase
 from system import unavailable
@@ -157,3 +159,23 @@ class ConnectPeerTests(WebRTCTestCase):
         for driver in (a, b):
             collisions.append((yield self.js(driver, "return window.rtc.collisions;")))
         self.assertEqual(collisions, [1, 1])
+
+    @defer.inlineCallbacks
+    def test_ice_restart_after_the_signaling_connection_came_back(self):
+        """
+        Alice's offer is lost with her connection (the server never reads
+        it); once her client is back, connectPeer drops that offer and
+        restarts ICE, and the call comes up.
+        """
+        a, b = yield self.two_clients()
+        yield self.call(b, "bob", PEER, "bob", "alice", True, "answer")
+        old = self.hub.identities["alice"].conn
+        old.transport.pauseProducing()
+        yield self.call(a, "alice", PEER, "alice", "bob", False, "offer")
+        yield self.until(a, "window.rtc.pc.signalingState === 'have-local-offer'", "alice's offer")
+        old.send(encode({"type": "server-shutdown", "reconnectAfterMs": 300}))
+        old.close(1001, "server shutting down")
+        yield self.wait_event(a, "alice", "state", condition="m.state === 'open' && m.reconnected")
+        yield self.wait_echoes(a, b)
+        offers = yield self.events(b, "bob", "offer")
+        self.assertEqual(len(offers), 1)  # only the one after the reconnection arrived

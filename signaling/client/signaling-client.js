@@ -18,6 +18,13 @@ const DEFAULTS = Object.freeze({
   connectTimeoutMs: 10000,
 });
 
+/** WebSocket readyState of an open connection. */
+const OPEN = 1;
+/** connectPeer: how long ICE gathering may go without a single candidate. */
+const GATHERING_STALL_MS = 5000;
+/** connectPeer: ICE restarts for stalled gathering before it gives up. */
+const MAX_STALL_RESTARTS = 3;
+
 /** The longest wait a server-shutdown message can impose (10 minutes). */
 const MAX_SHUTDOWN_DELAY_MS = 600000;
 
@@ -405,8 +412,13 @@ export class SignalingClient {
     this._ws.send(JSON.stringify(message));
   }
 
+  /** Registered on a socket that still takes messages (not closing). */
+  _sendable() {
+    return this._registered && this._ws !== null && this._ws.readyState === OPEN;
+  }
+
   _submit(message) {
-    if (this._registered && this._ws) {
+    if (this._sendable()) {
       this._write(message);
       return;
     }
@@ -439,7 +451,7 @@ export class SignalingClient {
       this._pending = this._pending.filter((p) => p !== pending);
     });
     this._pending.push(pending);
-    if (this._registered && this._ws) this._write(request);
+    if (this._sendable()) this._write(request);
     return done;
   }
 
@@ -523,7 +535,7 @@ export class SignalingClient {
       this._ackScheduled = false;
       const messageIds = this._acks;
       this._acks = [];
-      if (this._registered && this._ws) this._write({ type: "ack", messageIds });
+      if (this._sendable()) this._write({ type: "ack", messageIds });
     });
   }
 
@@ -587,6 +599,10 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
   let ignoreOffer = false;
   let settingRemoteAnswer = false;
   let closed = false;
+  let lastLocalDescriptionAt = 0;
+  let lastCandidateAt = 0;
+  let stallTimer = null;
+  let stallRestarts = 0;
   // Signaling messages are applied strictly one after another: a candidate
   // must never overtake the description it belongs to.
   let chain = Promise.resolve();
@@ -604,25 +620,46 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
     else console.error(`signaling-client: connectPeer(${peerId})`, error);
   };
 
-  const onNegotiationNeeded = async () => {
-    try {
-      makingOffer = true;
-      await pc.setLocalDescription();
-      const description = pc.localDescription;
-      signal({ type: description.type, [description.type]: plain(description) });
-    } catch (error) {
-      report(error);
-    } finally {
-      makingOffer = false;
-    }
+  let offering = Promise.resolve();
+  const onNegotiationNeeded = () => {
+    offering = (async () => {
+      try {
+        makingOffer = true;
+        await pc.setLocalDescription();
+        lastLocalDescriptionAt = Date.now();
+        const description = pc.localDescription;
+        signal({ type: description.type, [description.type]: plain(description) });
+      } catch (error) {
+        report(error);
+      } finally {
+        makingOffer = false;
+      }
+    })();
   };
 
   const onIceCandidate = ({ candidate }) => {
+    lastCandidateAt = Date.now();
     if (candidate) signal({ type: "ice-candidate", candidate: candidate.toJSON() });
   };
 
   const onIceStateChange = () => {
     if (pc.iceConnectionState === "failed") pc.restartIce();
+    if (pc.iceConnectionState === "connected") stallRestarts = 0;
+  };
+
+  // A safety net: Chromium (156) can leave ICE gathering running without
+  // ever producing a candidate after an offer collision; the call then
+  // never starts. A negotiation that settled but gathered nothing for
+  // GATHERING_STALL_MS restarts ICE (a few times at most).
+  const onSignalingStateChange = () => {
+    clearTimeout(stallTimer);
+    if (pc.signalingState !== "stable") return;
+    stallTimer = setTimeout(() => {
+      if (closed || pc.signalingState !== "stable" || pc.iceGatheringState !== "gathering") return;
+      if (lastCandidateAt >= lastLocalDescriptionAt || stallRestarts >= MAX_STALL_RESTARTS) return;
+      stallRestarts += 1;
+      pc.restartIce();
+    }, GATHERING_STALL_MS);
   };
 
   const applyDescription = async (description) => {
@@ -631,6 +668,15 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
     const collision = description.type === "offer" && !readyForOffer;
     ignoreOffer = !polite && collision;
     if (ignoreOffer) return;
+    // An answer to an offer rolled back after a reconnection: stale.
+    if (description.type === "answer" && pc.signalingState === "stable") return;
+    if (collision) {
+      // Polite: let our own offer finish first; setRemoteDescription then
+      // rolls it back. Rolled back while its setLocalDescription was still
+      // running, Chromium (156) sometimes never gathered candidates again:
+      // about one call in twenty stayed "new".
+      await offering;
+    }
     settingRemoteAnswer = description.type === "answer";
     try {
       await pc.setRemoteDescription(description);
@@ -639,16 +685,22 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
     }
     if (description.type === "offer") {
       await pc.setLocalDescription();
+      lastLocalDescriptionAt = Date.now();
       const answer = pc.localDescription;
       signal({ type: answer.type, [answer.type]: plain(answer) });
     }
   };
 
+  // Candidates of a description that never arrived (lost in an outage) or
+  // of an earlier ICE generation are dropped; others must apply.
   const applyCandidate = async (candidate) => {
+    if (!pc.remoteDescription) return;
     try {
       await pc.addIceCandidate(candidate);
     } catch (error) {
-      if (!ignoreOffer) throw error;
+      const stale = candidate.usernameFragment
+        && !pc.remoteDescription.sdp.includes(`a=ice-ufrag:${candidate.usernameFragment}`);
+      if (!ignoreOffer && !stale) throw error;
     }
   };
 
@@ -666,16 +718,36 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
     }
   };
 
+  // Back after a signaling outage: what was sent meanwhile may be lost (an
+  // offer, an answer, candidates). Unless the call is up, start over with
+  // fresh ICE credentials, dropping an offer that may never have arrived.
   const onState = (event) => {
-    if (event.state === "open" && event.reconnected && !closed
-        && pc.connectionState !== "connected" && pc.signalingState !== "closed") {
-      pc.restartIce();
-    }
+    if (event.state !== "open" || !event.reconnected || closed) return;
+    chain = chain.then(async () => {
+      await offering;
+      if (closed || pc.signalingState === "closed" || pc.connectionState === "connected") return;
+      if (pc.signalingState === "have-local-offer") {
+        // Our offer may never have arrived: replace it by a new one. (Not a
+        // rollback: Chromium then keeps asking for negotiation for ever when
+        // the first offer carried a data channel.)
+        makingOffer = true;
+        try {
+          await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+          lastLocalDescriptionAt = Date.now();
+          signal({ type: "offer", offer: plain(pc.localDescription) });
+        } finally {
+          makingOffer = false;
+        }
+      } else if (pc.currentLocalDescription) {
+        pc.restartIce();
+      }
+    }).catch(report);
   };
 
   pc.addEventListener("negotiationneeded", onNegotiationNeeded);
   pc.addEventListener("icecandidate", onIceCandidate);
   pc.addEventListener("iceconnectionstatechange", onIceStateChange);
+  pc.addEventListener("signalingstatechange", onSignalingStateChange);
   for (const type of ["offer", "answer", "ice-candidate"]) client.on(type, onSignal);
   client.on("state", onState);
 
@@ -690,6 +762,8 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
       pc.removeEventListener("negotiationneeded", onNegotiationNeeded);
       pc.removeEventListener("icecandidate", onIceCandidate);
       pc.removeEventListener("iceconnectionstatechange", onIceStateChange);
+      pc.removeEventListener("signalingstatechange", onSignalingStateChange);
+      clearTimeout(stallTimer);
       for (const type of ["offer", "answer", "ice-candidate"]) client.off(type, onSignal);
       client.off("state", onState);
     },
