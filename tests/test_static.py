@@ -159,6 +159,12 @@ class NoDemoTests(ServerTestCase):
 
 
 class PackagingTests(unittest.TestCase):
+    def test_library_version_is_the_package_version(self):
+        from signaling import __version__
+
+        source = package_file("client", "signaling-client.js").decode()
+        self.assertIn(f'export const VERSION = "{__version__}";', source)
+
     def test_every_served_file_is_package_data(self):
         """``pip install .`` must ship what the server serves (setup.cfg package_data)."""
         setup = configparser.ConfigParser()

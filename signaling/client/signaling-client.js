@@ -3,8 +3,8 @@
 // types: signaling-client.d.ts beside this file. Served by the server at
 // /client/signaling-client.js.
 
-/** Version of this client; it follows the server's version. */
-export const VERSION = "1.0";
+/** Version of this client: the version of the server package that ships it. */
+export const VERSION = "0.1.0";
 
 const DEFAULTS = Object.freeze({
   ack: false,
@@ -24,6 +24,10 @@ const OPEN = 1;
 const GATHERING_STALL_MS = 5000;
 /** connectPeer: ICE restarts for stalled gathering before it gives up. */
 const MAX_STALL_RESTARTS = 3;
+/** connectPeer: how long an offer may wait for its answer before it is sent again. */
+const OFFER_RESEND_MS = 5000;
+/** connectPeer: how often one offer is sent again at most. */
+const MAX_OFFER_RESENDS = 3;
 
 /** The longest wait a server-shutdown message can impose (10 minutes). */
 const MAX_SHUTDOWN_DELAY_MS = 600000;
@@ -603,6 +607,7 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
   let lastCandidateAt = 0;
   let stallTimer = null;
   let stallRestarts = 0;
+  let resendTimer = null;
   // Signaling messages are applied strictly one after another: a candidate
   // must never overtake the description it belongs to.
   let chain = Promise.resolve();
@@ -653,6 +658,8 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
   // GATHERING_STALL_MS restarts ICE (a few times at most).
   const onSignalingStateChange = () => {
     clearTimeout(stallTimer);
+    clearTimeout(resendTimer);
+    if (pc.signalingState === "have-local-offer") resendUnanswered(pc.localDescription.sdp, 0);
     if (pc.signalingState !== "stable") return;
     stallTimer = setTimeout(() => {
       if (closed || pc.signalingState !== "stable" || pc.iceGatheringState !== "gathering") return;
@@ -660,6 +667,19 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
       stallRestarts += 1;
       pc.restartIce();
     }, GATHERING_STALL_MS);
+  };
+
+  // An offer that gets no answer was lost, or ignored by the impolite side
+  // of a collision whose own offer the polite side never got: the same
+  // offer is sent again (a duplicate is answered again, and the second
+  // answer dropped as stale).
+  const resendUnanswered = (sdp, sent) => {
+    resendTimer = setTimeout(() => {
+      if (closed || pc.signalingState !== "have-local-offer" || sent >= MAX_OFFER_RESENDS
+          || !pc.localDescription || pc.localDescription.sdp !== sdp) return;
+      signal({ type: "offer", offer: plain(pc.localDescription) });
+      resendUnanswered(sdp, sent + 1);
+    }, OFFER_RESEND_MS);
   };
 
   const applyDescription = async (description) => {
@@ -764,6 +784,7 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
       pc.removeEventListener("iceconnectionstatechange", onIceStateChange);
       pc.removeEventListener("signalingstatechange", onSignalingStateChange);
       clearTimeout(stallTimer);
+      clearTimeout(resendTimer);
       for (const type of ["offer", "answer", "ice-candidate"]) client.off(type, onSignal);
       client.off("state", onState);
     },
