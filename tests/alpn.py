@@ -2,7 +2,7 @@
 Test support: TLS clients that offer ALPN the way browsers and curl do.
 
 Python's ``ssl`` clients offer no ALPN unless told to; browsers offer
-``h2`` and ``http/1.1``. These helpers are blocking (run them in a thread
+``h2`` and ``http/1.1``. These functions block (run them in a thread
 with ``threads.deferToThread`` when the server is on this process's reactor).
 """
 

@@ -792,7 +792,7 @@ export function connectPeer(client, peerId, pc, { polite = false } = {}) {
   return handle;
 }
 
-// -- helpers -------------------------------------------------------------------
+// -- utilities -----------------------------------------------------------------
 
 function websocketUrl(url) {
   if (typeof url !== "string" || !url) throw new TypeError("url must be a string");
