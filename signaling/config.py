@@ -189,6 +189,8 @@ class Config:
     #: Processes serving the listening sockets (1: this process, no parent).
     workers: int = 1
 
+    #: Serve the demo video-call page at ``/demo/``.
+    demo: bool = True
     @property
     def max_outgoing_size(self) -> int:
         """Largest message the server sends: ``max_message_size`` plus :data:`ENVELOPE_HEADROOM`."""

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,8 +36,9 @@ from .origins import OriginPolicy
 from .proxies import ProxyPolicy
 from .registry import LocalRegistry
 from .sqlite_store import SqliteStore
+from .static import demo_urls
 from .store import IOfflineStore, MemoryStore, StoreLimits
-from .tls import ReloadableTLS, tls_from_options, tls_server_endpoint
+from .tls import ReloadableTLS, listen_endpoint, tls_from_options, tls_server_endpoint
 from .web import StatusEndpoints, make_metrics_site, make_site
 from .websocket import SignalingFactory
 
@@ -206,7 +207,7 @@ class SignalingService(MultiService):
             elif spec.description is None:
                 endpoint = self._default_endpoint()
             else:
-                endpoint = serverFromString(reactor, spec.description)
+                endpoint = listen_endpoint(reactor, spec.description)
             self._add_listener(endpoint, metrics_site if spec.metrics else main_factory)
         self.timers = Timers(clock)
         self.timers.every(config.heartbeat_interval, hub.heartbeat)
@@ -232,6 +233,9 @@ class SignalingService(MultiService):
     def startService(self) -> None:
         super().startService()
         self.timers.start()
+        if self.config.demo:
+            for url in demo_urls(self.config, self.ports()):
+                _log.info("demo video call: open {url} in two browser tabs", url=url)
 
     def reload_tls(self) -> bool:
         """

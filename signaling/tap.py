@@ -135,6 +135,11 @@ _FLAGS: list[tuple[str, str, str]] = [
      "Include message payloads (SDP holds IP addresses) in logged errors."),
 ]
 
+# (option, Config field, help): switches that turn a default-on feature off.
+_OFF_FLAGS: list[tuple[str, str, str]] = [
+    ("no-demo", "demo", "Do not serve the demo video-call page at /demo/."),
+]
+
 _DEFAULTS = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
 
 
@@ -217,7 +222,7 @@ class Options(usage.Options):
         [name, short, None, text + _default_note(field)]
         for name, short, field, _, text in _PARAMETERS
     ]
-    optFlags = [[name, None, text] for name, _, text in _FLAGS]
+    optFlags = [[name, None, text] for name, _, text in (*_FLAGS, *_OFF_FLAGS)]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
@@ -313,20 +318,22 @@ class Options(usage.Options):
                 given = re.split(r"[,\s]+", self._environ[_env_name(name)].strip())
                 from_environment[name] = _env_name(name)
             values[field] = tuple(given)
-        for name, field, _ in _FLAGS:
-            raw = self._environ.get(_env_name(name))
-            if not self[name] and raw is not None:
-                from_environment[name] = _env_name(name)
-            try:
-                values[field] = bool(self[name]) or (raw is not None and _flag(raw))
-            except ValueError as e:
-                raise usage.UsageError(f"{_env_name(name)}: {e}")
+        for flags, on in ((_FLAGS, True), (_OFF_FLAGS, False)):
+            for name, field, _ in flags:
+                raw = self._environ.get(_env_name(name))
+                if not self[name] and raw is not None:
+                    from_environment[name] = _env_name(name)
+                try:
+                    given = bool(self[name]) or (raw is not None and _flag(raw))
+                except ValueError as e:
+                    raise usage.UsageError(f"{_env_name(name)}: {e}")
+                values[field] = given if on else not given
         if values["listen"] and "port" not in values:
             values["port"] = None
         try:
             self.config = Config(**values)
             self.policies = Policies.from_config(self.config)
-            for description in self.config.listen:
+            for description in (*self.config.listen, *self.config.metrics_listen):
                 check_listen_description(description)
             redis_target(self.config.redis_url, self.config.redis_password_file)
             check_worker_listeners(self.config)

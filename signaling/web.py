@@ -1,6 +1,7 @@
 """
 HTTP on the WebSocket port: the upgrade on any path, ``/health``,
-``/ready``, ``/stats``, ``/metrics``, ``/ice-servers``, CORS and ``OPTIONS``
+``/ready``, ``/stats``, ``/metrics``, ``/ice-servers``, the browser files of
+:mod:`signaling.static` (``/client/``, ``/demo/``), CORS and ``OPTIONS``
 preflight; plus the deadline for finishing the opening handshake.
 """
 
@@ -23,6 +24,7 @@ from .hub import Hub
 from .ice import IceServers
 from .messages import ProtocolError
 from .metrics import Metrics, MetricsResource
+from .static import static_endpoints
 
 __all__ = ["RootResource", "StatusEndpoints", "json_response", "make_site", "make_metrics_site"]
 
@@ -238,6 +240,7 @@ def make_site(
     }
     if not config.metrics_listen:
         endpoints[b"/metrics"] = MetricsResource(metrics).render_GET
+    endpoints.update(static_endpoints(config.demo))
     root = RootResource(websocket, endpoints, config.cors_origin)
     return SignalingSite(root, metrics, config.handshake_timeout, reactor)
 

@@ -120,21 +120,27 @@ class ConnectionRefused(Exception):
         self.reason = reason
 
 
+def record_protocols(factory: Any) -> list[Any]:
+    """Make ``factory`` remember every protocol it builds, in the returned list."""
+    built: list[Any] = []
+    original = factory.buildProtocol
+
+    def build(address: Any) -> Any:
+        protocol = original(address)
+        built.append(protocol)
+        return protocol
+
+    factory.buildProtocol = build
+    return built
+
+
 def connect(url: str, headers: dict[str, str] | None = None, client_class: type = Client,
             context_factory: Any = None) -> defer.Deferred:
     """Open a WebSocket connection; fires with the :class:`Client` once open."""
     factory = WebSocketClientFactory(url, headers=headers or {})
     factory.protocol = client_class
     factory.setProtocolOptions(autoPingInterval=0, failByDrop=False, openHandshakeTimeout=WAIT)
-    created: list[Client] = []
-    original = factory.buildProtocol
-
-    def build(address: Any) -> Any:
-        protocol = original(address)
-        created.append(protocol)
-        return protocol
-
-    factory.buildProtocol = build  # type: ignore[method-assign]
+    created = record_protocols(factory)
     connector = connectWS(factory, contextFactory=context_factory, timeout=WAIT)
     done: defer.Deferred = defer.Deferred()
 
