@@ -185,6 +185,7 @@ class TlsTests(WorkersTestCase):
         )
         pids = set(self.worker_pids(server).values())
         context = ssl.create_default_context(cafile=str(first.root))
+        context.set_alpn_protocols(["h2", "http/1.1"])  # as browsers offer
         answers = answers_until_both(port, pids, context)
         self.assertEqual({serial for _, serial in answers}, {first.leaf.serial})
         trust = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pki.root_pem))
