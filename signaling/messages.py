@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from typing import Any
 
 from .config import MAX_ID_LENGTH, MAX_JSON_DEPTH as MAX_DEPTH
@@ -227,13 +228,19 @@ def offline_delivery(
 
 def validate_id(value: Any, field: str) -> str:
     """
-    Check a peer, user or room id and return it.
+    Check a peer, user or room id and return it in Unicode normalization
+    form NFC, the one form the server compares, stores and sends: ``josé``
+    typed with a precomposed ``é`` and with ``e`` plus a combining accent is
+    one id. The length limit counts the normalized characters.
 
     :raises ProtocolError: ``INVALID_FIELD`` naming ``field`` when the id is
-        missing, not a string, empty, too long or holds control characters.
+        missing, not a string, empty, too long or holds control characters
+        (or a lone surrogate).
     """
     if not isinstance(value, str) or not value:
         raise ProtocolError(INVALID_FIELD, f"'{field}' must be a non-empty string")
+    if not value.isascii():  # ASCII text is always in NFC
+        value = unicodedata.normalize("NFC", value)
     if len(value) > MAX_ID_LENGTH:
         raise ProtocolError(
             INVALID_FIELD, f"'{field}' must be at most {MAX_ID_LENGTH} characters"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import unicodedata
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -364,13 +365,15 @@ class ValidateIdTests(SynchronousTestCase):
     """``validate_id`` accepts exactly the ids of PROTOCOL section 2."""
 
     @FUZZ
-    @given(st.one_of(json_values, st.text(min_size=1, max_size=200)))
+    @given(st.one_of(json_values, st.text(min_size=1, max_size=200), surrogate_text))
     @example("")
     @example("a" * MAX_ID_LENGTH)
     @example("a" * (MAX_ID_LENGTH + 1))
     @example("a\x00")
     @example("a\u2028")
     @example("\ud800")
+    @example("jose\u0301")
+    @example("e\u0301" * MAX_ID_LENGTH)
     def test_contract(self, value):
         try:
             result = validate_id(value, "peerId")
@@ -379,14 +382,32 @@ class ValidateIdTests(SynchronousTestCase):
             self.assertIn("'peerId'", e.text)
             self.assertFalse(
                 isinstance(value, str)
-                and 0 < len(value) <= MAX_ID_LENGTH
+                and 0 < len(unicodedata.normalize("NFC", value)) <= MAX_ID_LENGTH
                 and value.isprintable()
             )
             return
-        self.assertIs(result, value)
         self.assertIsInstance(result, str)
+        self.assertEqual(result, unicodedata.normalize("NFC", value))
+        if result == value:
+            self.assertIs(result, value)
         self.assertTrue(0 < len(result) <= MAX_ID_LENGTH)
         self.assertTrue(result.isprintable())
+        self.assertFalse(holds_lone_surrogate(result))
+        self.assertEqual(validate_id(result, "peerId"), result)
+
+    def test_nfc(self):
+        """Both spellings of josé are one id, the precomposed one."""
+        self.assertEqual(validate_id("jose\u0301", "peerId"), "jos\u00e9")
+        self.assertEqual(validate_id("jos\u00e9", "peerId"), "jos\u00e9")
+        # Hangul syllables compose too; compatibility forms (NFKC) are left alone.
+        self.assertEqual(validate_id("\u1100\u1161", "peerId"), "\uac00")
+        self.assertEqual(validate_id("\ufb01", "peerId"), "\ufb01")
+
+    def test_length_counts_the_normalized_id(self):
+        decomposed = "e\u0301" * MAX_ID_LENGTH  # twice the limit before NFC
+        self.assertEqual(validate_id(decomposed, "peerId"), "\u00e9" * MAX_ID_LENGTH)
+        with self.assertRaises(ProtocolError):
+            validate_id("e\u0301" * (MAX_ID_LENGTH + 1), "peerId")
 
 
 class OfflineDeliveryTests(SynchronousTestCase):

@@ -155,7 +155,7 @@ class PeerHandlers:
             )
         ctx = self._ctx
         to = validate_id(message["to"], "to")
-        out = dict(message)
+        out = dict(message, to=to)  # the id as the server knows it (NFC)
         out["from"] = session.identity
         if out["type"] == "message" and "timestamp" not in out:
             out["timestamp"] = ctx.now_ms()
