@@ -317,7 +317,8 @@ def lone_surrogate_field(message: dict[str, Any]) -> str | None:
     Where ``message`` holds a string that is not valid Unicode (see
     :func:`is_unicode`), as words for an error text: ``'messageId'``,
     ``'payload.items[2]'``, or ``the key 'payload.?'`` (a bad key, its
-    surrogates shown as U+FFFD); ``None`` when every string and key is valid.
+    surrogates shown as U+FFFD, see :func:`_key_name`); ``None`` when every
+    string and key is valid.
     """
     # A trail is (parent trail, key or index): the path is spelled out only
     # for the string that fails.
@@ -349,9 +350,12 @@ def _path(trail: Any) -> str:
 
 
 def _key_name(key: str) -> str:
-    """A key as an error text can quote it: surrogates replaced, long keys cut."""
+    """
+    A key as an error text (and a log line) can quote it: long keys cut,
+    surrogates and other characters that are not printable shown as U+FFFD.
+    """
     if len(key) > _NAME_LIMIT:
         key = key[:_NAME_LIMIT] + "\u2026"
-    if is_unicode(key):
+    if key.isprintable():
         return key
-    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in key)
+    return "".join(c if c.isprintable() else "\ufffd" for c in key)

@@ -318,6 +318,9 @@ class DecodeExampleTests(DecodeContractMixin, SynchronousTestCase):
     def test_long_keys_are_cut_in_the_error(self):
         self.assertField('{"type":"t","%s":"\\ud800"}' % ("k" * 1000), "'%s\u2026'" % ("k" * 32))
 
+    def test_keys_are_printable_in_the_error(self):
+        self.assertField('{"type":"t","p":{"a\\nb\\u0000\\u2028":"\\ud800"}}', "'p.a\ufffdb\ufffd\ufffd'")
+
     def test_surrogate_pairs_are_one_character(self):
         for text in ('{"type":"t","x":"\\ud83d\\ude00"}', '{"type":"t","x":"\\uD83D\\uDE00"}',
                      '{"type":"t","x":"\U0001f600"}', b'{"type":"t","x":"\xf0\x9f\x98\x80"}'):
