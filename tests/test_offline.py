@@ -1,5 +1,6 @@
 """The offline store through the protocol (PROTOCOL section 5)."""
 
+import json
 import os
 
 from twisted.internet import defer
@@ -129,7 +130,9 @@ class OfflineTests(ServerTestCase):
 
 
 class StoreByteLimitTests(ServerTestCase):
-    config = {"offline_max_bytes": 400, "offline_max_peers": 2}
+    # One sender may use the whole store here, to reach the global caps.
+    config = {"offline_max_bytes": 400, "offline_max_peers": 2,
+              "offline_max_bytes_per_sender": 10**6}
 
     @defer.inlineCallbacks
     def test_global_caps_refuse(self):
@@ -137,7 +140,7 @@ class StoreByteLimitTests(ServerTestCase):
         sender.send({"type": "offer", "to": "a", "offer": {"sdp": "x" * 200}})
         yield sender.expect("peer-offline")
         sender.send({"type": "offer", "to": "a", "offer": {"sdp": "x" * 200}})
-        yield sender.expect_error("QUEUE_FULL")
+        self.assertEqual((yield sender.expect_error("QUEUE_FULL"))["error"], "offline store is full")
         sender.send({"type": "offer", "to": "b", "offer": {}})
         yield sender.expect("peer-offline")
         sender.send({"type": "offer", "to": "c", "offer": {}})
@@ -167,3 +170,57 @@ class SqliteOfflineTests(OfflineTests):
         for _ in range(3):
             ids.append((yield later.expect("offline-message"))["messageId"])
         self.assertEqual(ids, ["m0", "m1", "m2"])
+
+
+class UnicodeTextTests(ServerTestCase):
+    """Issue 11, item 1, over real sockets with a real SQLite file and a restart."""
+
+    def setUp(self):
+        self.config = {"db": os.path.join(self.mktemp() + ".sqlite"), "offline_ttl": 60.0}
+        return super().setUp()
+
+    @defer.inlineCallbacks
+    def restart(self):
+        for client in self.clients:
+            yield client.drop()
+        self.clients.clear()
+        yield self.service.stopService()
+        self.start_server(**self.config)
+
+    @defer.inlineCallbacks
+    def test_a_lone_surrogate_is_refused_and_nothing_is_stored(self):
+        sender = yield self.register("mallory")
+        sender.send('{"type":"message","to":"victim","messageId":"\\ud800"}')
+        error = yield sender.expect_error("INVALID_FIELD")
+        self.assertEqual(
+            error["error"], "'messageId' must be valid Unicode text (it holds a lone surrogate)"
+        )
+        self.assertNotIn("messageId", error)  # the refused id is not echoed back
+        sender.send('{"type":"message","to":"victim","payload":{"text":"a\\udc00"}}')
+        error = yield sender.expect_error("INVALID_FIELD")
+        self.assertIn("'payload.text'", error["error"])
+        self.assertEqual(self.store.count, 0)
+        yield self.restart()
+        self.assertEqual((self.store.count, self.store.quarantined), (0, 0))
+
+    @defer.inlineCallbacks
+    def test_every_character_is_stored_and_delivered_exactly(self):
+        texts = ["a\x00b", "\x00", "\U0001f600", "\u2028\u2029", "\ufeff", "\U0010ffff",
+                 "\x7f\x1f", '"\\', "e\u0301", "\uffff"]
+        sender = yield self.register("s\u00e9nder")
+        sent = []
+        for n, text in enumerate(texts):
+            message = {"type": "message", "to": "later", "messageId": f"{n}:{text}",
+                       "payload": {text: text, "n": n}, "timestamp": n}
+            # As escapes and as raw UTF-8, the two ways a client may write it.
+            sender.send(json.dumps(message, ensure_ascii=n % 2 == 0))
+            queued = yield sender.expect("peer-offline")
+            self.assertEqual(queued["messageId"], message["messageId"])
+            sent.append(message)
+        yield self.restart()
+        later = yield self.register("later")
+        for message in sent:
+            delivered = yield later.expect("offline-message")
+            self.assertEqual(delivered["messageId"], message["messageId"])
+            self.assertEqual(delivered["originalMessage"],
+                             dict(message, **{"from": "s\u00e9nder"}))
