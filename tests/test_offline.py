@@ -1,11 +1,10 @@
 """The offline store through the protocol (PROTOCOL section 5)."""
 
 import json
-import os
 
 from twisted.internet import defer
 
-from helpers import ServerTestCase
+from helpers import ServerTestCase, SqliteFileMixin
 
 
 class OfflineTests(ServerTestCase):
@@ -148,12 +147,8 @@ class StoreByteLimitTests(ServerTestCase):
         self.assertEqual(self.store.count, 2)
 
 
-class SqliteOfflineTests(OfflineTests):
+class SqliteOfflineTests(SqliteFileMixin, OfflineTests):
     """The same behaviour with the durable store on a real SQLite file."""
-
-    def setUp(self):
-        self.config = dict(OfflineTests.config, db=os.path.join(self.mktemp() + ".sqlite"))
-        return super().setUp()
 
     @defer.inlineCallbacks
     def test_survives_restart(self):
@@ -161,10 +156,7 @@ class SqliteOfflineTests(OfflineTests):
         for i in range(3):
             sender.send({"type": "offer", "to": "later", "messageId": f"m{i}", "offer": {}})
             yield sender.expect("peer-offline")
-        yield sender.drop()
-        self.clients.clear()
-        yield self.service.stopService()
-        self.start_server(**self.config)
+        yield self.restart_server()
         later = yield self.register("later")
         ids = []
         for _ in range(3):
@@ -172,20 +164,8 @@ class SqliteOfflineTests(OfflineTests):
         self.assertEqual(ids, ["m0", "m1", "m2"])
 
 
-class UnicodeTextTests(ServerTestCase):
+class UnicodeTextTests(SqliteFileMixin, ServerTestCase):
     """Issue 11, item 1, over real sockets with a real SQLite file and a restart."""
-
-    def setUp(self):
-        self.config = {"db": os.path.join(self.mktemp() + ".sqlite"), "offline_ttl": 60.0}
-        return super().setUp()
-
-    @defer.inlineCallbacks
-    def restart(self):
-        for client in self.clients:
-            yield client.drop()
-        self.clients.clear()
-        yield self.service.stopService()
-        self.start_server(**self.config)
 
     @defer.inlineCallbacks
     def test_a_lone_surrogate_is_refused_and_nothing_is_stored(self):
@@ -200,7 +180,7 @@ class UnicodeTextTests(ServerTestCase):
         error = yield sender.expect_error("INVALID_FIELD")
         self.assertIn("'payload.text'", error["error"])
         self.assertEqual(self.store.count, 0)
-        yield self.restart()
+        yield self.restart_server()
         self.assertEqual((self.store.count, self.store.quarantined), (0, 0))
 
     @defer.inlineCallbacks
@@ -217,7 +197,7 @@ class UnicodeTextTests(ServerTestCase):
             queued = yield sender.expect("peer-offline")
             self.assertEqual(queued["messageId"], message["messageId"])
             sent.append(message)
-        yield self.restart()
+        yield self.restart_server()
         later = yield self.register("later")
         for message in sent:
             delivered = yield later.expect("offline-message")

@@ -8,13 +8,12 @@ index both stores share and, with SQLite, across a restart.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from twisted.internet import defer
 from twisted.python import usage
 from twisted.trial import unittest
 
-from helpers import ServerTestCase
+from helpers import ServerTestCase, SqliteFileMixin
 from signaling.config import Config
 from signaling.messages import encode
 from signaling.store import MemoryQueues, MemoryStore, QueueFull, StoreLimits
@@ -165,22 +164,15 @@ class FloodTests(ServerTestCase):
         self.assertEqual(again, 1)
 
 
-class SqliteFloodTests(FloodTests):
+class SqliteFloodTests(SqliteFileMixin, FloodTests):
     """The same on a real SQLite file, and the share survives a restart."""
-
-    def setUp(self):
-        self.config = dict(FloodTests.config, db=os.path.join(self.mktemp() + ".sqlite"))
-        return super().setUp()
 
     @defer.inlineCallbacks
     def test_the_share_holds_across_a_restart(self):
         mallory = yield self.register("mallory")
         queued, _ = yield self.flood(mallory)
         self.assertEqual(queued, 1)
-        yield mallory.drop()
-        self.clients.clear()
-        yield self.service.stopService()
-        self.start_server(**self.config)
+        yield self.restart_server()
         self.assertEqual(self.store.count, 1)
         mallory = yield self.register("mallory")
         again, refusal = yield self.flood(mallory)
