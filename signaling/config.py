@@ -20,6 +20,7 @@ from .redis_url import parse_redis_url
 
 __all__ = [
     "Config",
+    "default_offline_sender_quota",
     "MAX_WORKERS",
     "ENVELOPE_HEADROOM",
     "ERROR_LOG_BURST",
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_LOGGED_TEXT",
     "MAX_MESSAGE_ID_LENGTH",
     "MAX_TOKEN_LENGTH",
+    "OFFLINE_SENDER_SHARE",
     "RATE_STRIKES",
     "RATE_STRIKE_WINDOW",
 ]
@@ -67,6 +69,17 @@ MAX_LOGGED_TEXT = 512
 RATE_STRIKES = 20
 RATE_STRIKE_WINDOW = 10.0
 
+#: Without ``--offline-max-bytes-per-sender``, one sender id may hold this
+#: fraction of ``--offline-max-bytes`` (1/10): a flood from one id can never
+#: take the offline store from everyone else.
+OFFLINE_SENDER_SHARE = 10
+
+
+def default_offline_sender_quota(offline_max_bytes: int) -> int:
+    """The per-sender byte quota derived from the store's byte cap (a tenth, at least 1)."""
+    return max(1, offline_max_bytes // OFFLINE_SENDER_SHARE)
+
+
 #: Most worker processes ``--workers`` may start.
 MAX_WORKERS = 256
 #: What a Redis key prefix may hold: no spaces, quotes or glob characters.
@@ -101,6 +114,10 @@ class Config:
     offline_max_bytes: int = 64 * 1024 * 1024
     #: Peers that may have an offline queue at once.
     offline_max_peers: int = 100_000
+    #: Encoded bytes the offline messages of one sender id may take at once;
+    #: None (not given): derived, a tenth of ``offline_max_bytes``. Read the
+    #: value in force from :attr:`offline_sender_quota`.
+    offline_max_bytes_per_sender: int | None = None
     #: Seconds between heartbeat sweeps.
     heartbeat_interval: float = 30.0
     #: Seconds between ``[Stats]`` log lines.
@@ -209,6 +226,8 @@ class Config:
         for name in ("max_send_buffer", "max_device_info_bytes", "rate_burst",
                      "max_waiting_messages"):
             _check_range(name, getattr(self, name), 1, None)
+        if self.offline_max_bytes_per_sender is not None:
+            _check_range("offline_max_bytes_per_sender", self.offline_max_bytes_per_sender, 1, None)
         for name in ("max_connections", "max_connections_per_ip"):
             _check_range(name, getattr(self, name), 0, None)
         if not isinstance(self.rate_limit, (int, float)) or not 0 <= self.rate_limit < float("inf"):
@@ -235,6 +254,19 @@ class Config:
                 raise ValueError(f"--allowed-origin {origin!r} is not an origin")
         _check_patterns(self)
         self._check_cluster()
+
+    @property
+    def offline_sender_quota(self) -> int:
+        """
+        The bytes one sender id may have in the offline store at once:
+        ``offline_max_bytes_per_sender`` when given, else a tenth of
+        ``offline_max_bytes`` (:func:`default_offline_sender_quota`). Kept
+        derived rather than filled in, so ``dataclasses.replace`` with
+        another ``offline_max_bytes`` derives it again.
+        """
+        if self.offline_max_bytes_per_sender is not None:
+            return self.offline_max_bytes_per_sender
+        return default_offline_sender_quota(self.offline_max_bytes)
 
     def _check_cluster(self) -> None:
         """The Redis and ``--workers`` settings (the password file is read later)."""

@@ -289,6 +289,7 @@ class Hub:
             "offlineQueued": self._ctx.offline_queued,
             "offlineStored": self._store.count,
             "offlineBytes": self._store.total_bytes,
+            "offlineQuarantined": self._store.quarantined,
         }
 
     def log_stats(self) -> None:

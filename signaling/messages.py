@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from typing import Any
 
 from .config import MAX_ID_LENGTH, MAX_JSON_DEPTH as MAX_DEPTH, MAX_MESSAGE_ID_LENGTH
@@ -21,6 +23,8 @@ __all__ = [
     "error_message",
     "offline_delivery",
     "validate_id",
+    "is_unicode",
+    "lone_surrogate_field",
     "client_message_id",
     "CONTROL_TYPES",
     "RELAYED_TYPES",
@@ -163,8 +167,18 @@ def decode(payload: bytes | str) -> dict[str, Any]:
     """
     Parse one frame into a message dict.
 
+    ``payload`` is the frame's bytes, or its text decoded from UTF-8 (as both
+    WebSocket layers hand it over). UTF-8 cannot hold a surrogate, so a lone
+    surrogate can only arrive as a JSON escape: one scan of the text for
+    ``\\uD800``..``\\uDFFF`` decides whether the decoded strings need a look
+    at all, and almost every message skips that walk.
+
     :raises ProtocolError: ``INVALID_MESSAGE`` when the payload is not UTF-8,
-        not JSON, not an object, or has no string ``type``.
+        not JSON, not an object, or has no string ``type``; ``INVALID_FIELD``
+        naming the field when a string (a value or a key, at any depth) holds
+        a lone surrogate, which is not Unicode text and could be neither
+        stored nor sent as UTF-8. Escaped surrogate pairs are one character
+        and welcome.
     """
     if isinstance(payload, (bytes, bytearray, memoryview)):
         try:
@@ -183,6 +197,12 @@ def decode(payload: bytes | str) -> dict[str, Any]:
         raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
     if not isinstance(message.get("type"), str):
         raise ProtocolError(INVALID_MESSAGE, "message needs a string field 'type'")
+    if _SURROGATE_ESCAPE.search(payload) is not None:
+        where = lone_surrogate_field(message)
+        if where is not None:
+            raise ProtocolError(
+                INVALID_FIELD, f"{where} must be valid Unicode text (it holds a lone surrogate)"
+            )
     return message
 
 
@@ -217,13 +237,19 @@ def offline_delivery(
 
 def validate_id(value: Any, field: str) -> str:
     """
-    Check a peer, user or room id and return it.
+    Check a peer, user or room id and return it in Unicode normalization
+    form NFC, the one form the server compares, stores and sends: ``josé``
+    typed with a precomposed ``é`` and with ``e`` plus a combining accent is
+    one id. The length limit counts the normalized characters.
 
     :raises ProtocolError: ``INVALID_FIELD`` naming ``field`` when the id is
-        missing, not a string, empty, too long or holds control characters.
+        missing, not a string, empty, too long or holds control characters
+        (or a lone surrogate).
     """
     if not isinstance(value, str) or not value:
         raise ProtocolError(INVALID_FIELD, f"'{field}' must be a non-empty string")
+    if not value.isascii():  # ASCII text is always in NFC
+        value = unicodedata.normalize("NFC", value)
     if len(value) > MAX_ID_LENGTH:
         raise ProtocolError(
             INVALID_FIELD, f"'{field}' must be at most {MAX_ID_LENGTH} characters"
@@ -275,3 +301,72 @@ def client_message_id(message: dict[str, Any]) -> str | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
     return None
+
+
+# -- Unicode checks of decoded strings ----------------------------------------
+
+#: The JSON escape of a UTF-16 surrogate (``\\uD800`` to ``\\uDFFF``, any case).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+#: Longest key name quoted in an error that names a field.
+_NAME_LIMIT = 32
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: no lone surrogate, so UTF-8 can hold it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def lone_surrogate_field(message: dict[str, Any]) -> str | None:
+    """
+    Where ``message`` holds a string that is not valid Unicode (see
+    :func:`is_unicode`), as words for an error text: ``'messageId'``,
+    ``'payload.items[2]'``, or ``the key 'payload.?'`` (a bad key, its
+    surrogates shown as U+FFFD, see :func:`_key_name`); ``None`` when every
+    string and key is valid.
+    """
+    # A trail is (parent trail, key or index): the path is spelled out only
+    # for the string that fails.
+    stack: list[tuple[Any, Any]] = [(message, None)]
+    while stack:
+        node, trail = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(key, str) and not is_unicode(key):
+                return f"the key '{_path((trail, key))}'"
+            if isinstance(value, str):
+                if not is_unicode(value):
+                    return f"'{_path((trail, key))}'"
+            elif isinstance(value, (dict, list)):
+                stack.append((value, (trail, key)))
+    return None
+
+
+def _path(trail: Any) -> str:
+    """``(((None, 'a'), 2), 'b')`` as ``a[2].b``, each key as :func:`_key_name` shows it."""
+    parts = []
+    while trail is not None:
+        trail, key = trail
+        parts.append(f"[{key}]" if isinstance(key, int) else _key_name(key))
+    text = ""
+    for part in reversed(parts):
+        text += part if part.startswith("[") or not text else "." + part
+    return text
+
+
+def _key_name(key: str) -> str:
+    """
+    A key as an error text (and a log line) can quote it: long keys cut,
+    surrogates and other characters that are not printable shown as U+FFFD.
+    """
+    if len(key) > _NAME_LIMIT:
+        key = key[:_NAME_LIMIT] + "\u2026"
+    if key.isprintable():
+        return key
+    return "".join(c if c.isprintable() else "\ufffd" for c in key)

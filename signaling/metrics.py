@@ -88,6 +88,10 @@ _LIVE_GAUGES = {
     "peers": ("peers", "Registered peers now."),
     "offline_messages": ("offlineStored", "Messages in the offline store now."),
     "offline_bytes": ("offlineBytes", "Bytes of message data in the offline store now."),
+    "offline_quarantined": (
+        "offlineQuarantined",
+        "Rows of the offline store set aside at start because they could not be read.",
+    ),
 }
 
 _log = Logger()

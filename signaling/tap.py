@@ -63,6 +63,9 @@ _PARAMETERS: list[tuple[str, str | None, str, Callable[[str], Any], str]] = [
     ("offline-max", None, "offline_max", int, "Offline messages kept per peer."),
     ("offline-max-bytes", None, "offline_max_bytes", int, "Total bytes of offline messages kept."),
     ("offline-max-peers", None, "offline_max_peers", int, "Peers that may have offline messages at once."),
+    ("offline-max-bytes-per-sender", None, "offline_max_bytes_per_sender", int,
+     "Bytes of offline messages one sender id may have stored at once "
+     "(default: a tenth of --offline-max-bytes)."),
     ("heartbeat-interval", None, "heartbeat_interval", float,
      "Seconds between heartbeat pings; a connection silent for a whole interval is dropped."),
     ("stats-interval", None, "stats_interval", float, "Seconds between [Stats] log lines."),

@@ -194,6 +194,15 @@ class ServerTestCase(unittest.TestCase):
         self.http = f"http://127.0.0.1:{self.port}"
 
     @defer.inlineCallbacks
+    def restart_server(self) -> Any:
+        """Drop every client, stop this test's server and start it again with ``self.config``."""
+        for client in self.clients:
+            yield client.drop()
+        self.clients.clear()
+        yield self.service.stopService()
+        self.start_server(**self.config)
+
+    @defer.inlineCallbacks
     def _stop_server(self, service: Any) -> Any:
         for client in self.clients:
             yield client.drop()
@@ -243,6 +252,14 @@ class ServerTestCase(unittest.TestCase):
                  headers: dict[bytes, list[bytes]] | None = None) -> defer.Deferred:
         """(response, body bytes) for an HTTP request to this server."""
         return http_get(self.http + path, method, headers)
+
+
+class SqliteFileMixin:
+    """Put before :class:`ServerTestCase`: the server keeps its offline store in a SQLite file of the test's own."""
+
+    def setUp(self) -> Any:
+        self.config = dict(self.config, db=self.mktemp() + ".sqlite")
+        return super().setUp()
 
 
 def server_config(**overrides: Any) -> Config:

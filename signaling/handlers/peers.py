@@ -175,7 +175,7 @@ class PeerHandlers:
             )
         ctx = self._ctx
         to = validate_id(message["to"], "to")
-        out = dict(message)
+        out = dict(message, to=to)  # the id as the server knows it (NFC)
         # Both families of clients read the sender: peer clients in "from",
         # room clients in "sender"; neither may be chosen by the client.
         out["from"] = out["sender"] = session.identity

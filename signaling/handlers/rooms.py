@@ -74,11 +74,11 @@ class RoomHandlers:
         room_id = validate_id(message["roomId"], "roomId")
         if room_id not in session.rooms:
             raise ProtocolError(m.NOT_IN_ROOM, f"not a member of room '{room_id}'")
-        out = dict(message)
+        out = dict(message, roomId=room_id)  # ids as the server knows them (NFC)
         # Room clients read "sender", peer clients "from": both are the bound id.
         out["sender"] = out["from"] = session.identity
         if "to" in message:
-            to = validate_id(message["to"], "to")
+            to = out["to"] = validate_id(message["to"], "to")
             target = ctx.registry.room_member(room_id, to)
             if target is None or target is session:
                 raise ProtocolError(
