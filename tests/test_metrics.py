@@ -237,7 +237,7 @@ class DocumentationTests(unittest.TestCase):
         documented = set(re.findall(r"\| `(signaling_[a-z_]+)`", doc.read_text("utf-8")))
         metrics = Metrics(process=False)
         metrics.bind_stats(lambda: dict.fromkeys(
-            ("connections", "rooms", "peers", "offlineStored", "offlineBytes"), 0
+            ("connections", "rooms", "peers", "offlineStored", "offlineBytes", "sockets"), 0
         ))
         body, _ = metrics.render()
         exported = set()
