@@ -29,10 +29,13 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_LOGGED_TEXT",
     "MAX_MESSAGE_ID_LENGTH",
+    "MAX_REQUEST_BODY",
+    "MIN_REQUEST_HEAD",
     "MAX_TOKEN_LENGTH",
     "OFFLINE_SENDER_SHARE",
     "RATE_STRIKES",
     "RATE_STRIKE_WINDOW",
+    "RETRY_AFTER",
 ]
 
 #: Longest peer, user or room id accepted (PROTOCOL section 2).
@@ -79,6 +82,14 @@ def default_offline_sender_quota(offline_max_bytes: int) -> int:
     """The per-sender byte quota derived from the store's byte cap (a tenth, at least 1)."""
     return max(1, offline_max_bytes // OFFLINE_SENDER_SHARE)
 
+#: Bounds of ``--max-request-head`` (a browser's WebSocket handshake needs
+#: about a kilobyte) and of ``--max-request-body`` (a body is held in memory).
+MIN_REQUEST_HEAD = 1024
+MAX_REQUEST_BODY = 1024 * 1024
+
+#: Seconds a client refused over a connection cap is told to wait
+#: (``Retry-After`` of the 503).
+RETRY_AFTER = 10
 
 #: Most worker processes ``--workers`` may start.
 MAX_WORKERS = 256
@@ -156,12 +167,19 @@ class Config:
     rate_limit: float = 100.0
     #: Messages one connection may send at once above ``rate_limit``.
     rate_burst: int = 200
-    #: Open WebSocket connections in total (0: no limit).
+    #: Open connections in total, counted from accept (WebSocket, HTTP or
+    #: not yet either; 0: no limit).
     max_connections: int = 50_000
-    #: Open WebSocket connections from one address (0: no limit).
+    #: Open connections from one address, counted from accept (behind a
+    #: trusted proxy: from the handshake, per forwarded address; 0: no limit).
     max_connections_per_ip: int = 256
-    #: Seconds a client has to complete the HTTP/WebSocket opening handshake.
+    #: Seconds a client has to send a complete HTTP request head (the
+    #: WebSocket opening handshake included), and again for a request body.
     handshake_timeout: float = 10.0
+    #: Largest HTTP request head (request line and headers), in bytes.
+    max_request_head: int = 16 * 1024
+    #: Largest HTTP request body, in bytes (the endpoints take none).
+    max_request_body: int = 1024
     #: Unsent bytes one connection may hold before it is closed with 1013.
     max_send_buffer: int = 1024 * 1024
     #: Messages of one connection held back while an earlier request of it
@@ -230,6 +248,8 @@ class Config:
             _check_range("offline_max_bytes_per_sender", self.offline_max_bytes_per_sender, 1, None)
         for name in ("max_connections", "max_connections_per_ip"):
             _check_range(name, getattr(self, name), 0, None)
+        _check_range("max_request_head", self.max_request_head, MIN_REQUEST_HEAD, None)
+        _check_range("max_request_body", self.max_request_body, 0, MAX_REQUEST_BODY)
         if not isinstance(self.rate_limit, (int, float)) or not 0 <= self.rate_limit < float("inf"):
             raise ValueError("--rate-limit must be a number of messages per second (0: off)")
         if not isinstance(self.reconnect_jitter, (int, float)) or not self.reconnect_jitter >= 0:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -24,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import internals
+from .admission import GatedFactory, RequestLimits
 from .auth import TokenVerifier
 from .config import Config
 from .hub import Hub
@@ -40,7 +40,7 @@ from .static import demo_urls
 from .store import IOfflineStore, MemoryStore, StoreLimits
 from .tls import ReloadableTLS, listen_endpoint, tls_from_options, tls_server_endpoint
 from .web import StatusEndpoints, make_metrics_site, make_site
-from .websocket import SignalingFactory
+from .websocket import SignalingFactory, UpgradeResource
 
 __all__ = [
     "make_service", "SignalingService", "Listener", "Timers", "Policies",
@@ -174,31 +174,36 @@ class SignalingService(MultiService):
         self.hub = hub = Hub(
             config, clock, store, self.metrics, policies.verifier, self.registry
         )
-        self.metrics.bind_stats(hub.stats)
-        gate = ConnectionGate(
+        #: Every connection of every listener, counted from accept.
+        self.gate = gate = ConnectionGate(
             policies.origins, policies.proxies,
             config.max_connections, config.max_connections_per_ip,
         )
+        self.metrics.bind_stats(lambda: {**hub.stats(), "sockets": gate.open})
         #: Whether connections use the fast path of :mod:`signaling.internals`.
         self.fast_path = config.fast_path and internals.available()
         factory_class = internals.FastSignalingFactory if self.fast_path else SignalingFactory
         self.factory = factory_class(
             hub, gate, self.metrics, config.max_message_size, config.max_outgoing_size,
-            config.max_send_buffer, config.handshake_timeout, reactor,
+            config.max_send_buffer, RequestLimits.from_config(config), reactor,
         )
         started_at = clock.seconds()
         status = StatusEndpoints(
             hub, clock, started_at, lambda: not self.draining, policies.ice, policies.verifier
         )
-        self.site = make_site(config, status, self.metrics, WebSocketResource(self.factory), reactor)
+        self.site = make_site(config, status, self.metrics, UpgradeResource(self.factory), reactor)
         # On the fast path connections start in the WebSocket protocol, which
         # hands plain HTTP requests to the site (an upgrade is parsed once);
         # on the public API they start in the site, which upgrades them.
+        # Either way they are counted from accept by the gate.
         self.factory.http_site = self.site
-        main_factory = self.factory if self.fast_path else self.site
+        main_factory = GatedFactory(
+            self.factory if self.fast_path else self.site, gate, self.metrics, reactor
+        )
         self.listeners: list[Listener] = []
         metrics_site = (
-            make_metrics_site(config, status, self.metrics, reactor)
+            GatedFactory(make_metrics_site(config, status, self.metrics, reactor),
+                         gate, self.metrics, reactor)
             if config.metrics_listen else None
         )
         for index, spec in enumerate(listener_specs(config)):

@@ -90,11 +90,20 @@ _PARAMETERS: list[tuple[str, str | None, str, Callable[[str], Any], str]] = [
     ("rate-limit", None, "rate_limit", float, "Messages per second one connection may send (0: off)."),
     ("rate-burst", None, "rate_burst", int, "Messages one connection may send in a burst."),
     ("max-connections", None, "max_connections", int,
-     "Open WebSocket connections in total; more are refused with 503 (0: no limit)."),
+     "Open connections in total, counted from accept (WebSocket, HTTP or not yet either);"
+     " more are refused with 503 (0: no limit)."),
     ("max-connections-per-ip", None, "max_connections_per_ip", int,
-     "Open WebSocket connections from one address; more are refused with 503 (0: no limit)."),
+     "Open connections from one address, counted from accept (behind a --trusted-proxy:"
+     " per forwarded address, from the WebSocket handshake); more are refused with 503"
+     " (0: no limit)."),
     ("handshake-timeout", None, "handshake_timeout", float,
-     "Seconds a client has to send a complete HTTP request head."),
+     "Seconds a client has to send a complete HTTP request head, and again its body;"
+     " 408 after."),
+    ("max-request-head", None, "max_request_head", int,
+     "Largest HTTP request head (request line and headers) in bytes; a larger one gets 431."),
+    ("max-request-body", None, "max_request_body", int,
+     "Largest HTTP request body in bytes; a larger one gets 413 before it is read"
+     " (the HTTP endpoints take no body)."),
     ("max-send-buffer", None, "max_send_buffer", int,
      "Unsent bytes a connection may hold before it is closed with 1013 (slow consumer)."),
     ("max-device-info-bytes", None, "max_device_info_bytes", int, "Largest deviceInfo, in bytes."),

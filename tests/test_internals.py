@@ -35,6 +35,7 @@ from signaling.internals import (
     text_frame,
     unmask,
 )
+from signaling.admission import RequestLimits
 from signaling.limits import ConnectionGate
 from signaling.metrics import Metrics
 from signaling.origins import OriginPolicy
@@ -120,7 +121,8 @@ def connect(protocol_class=Recording, max_message_size: int = 65536):
     hub = Hub(config, clock, MemoryStore(), metrics)
     gate = ConnectionGate(OriginPolicy(), ProxyPolicy(), 0, 0)
     factory = FastSignalingFactory(
-        hub, gate, metrics, max_message_size, max_message_size + 16384, 1 << 20, 10.0, clock
+        hub, gate, metrics, max_message_size, max_message_size + 16384, 1 << 20,
+        RequestLimits(16384, 1024, 10.0), clock
     )
     factory.protocol = protocol_class
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)

@@ -239,7 +239,7 @@ class DocumentationTests(unittest.TestCase):
         metrics = Metrics(process=False)
         metrics.bind_stats(lambda: dict.fromkeys(
             ("connections", "rooms", "peers", "offlineStored", "offlineBytes",
-             "offlineQuarantined"), 0
+             "offlineQuarantined", "sockets"), 0
         ))
         body, _ = metrics.render()
         exported = set()
