@@ -232,6 +232,8 @@ class Hub:
                 "unhandled error for message type {type!r}", failure, type=message.get("type")
             )
             error = ProtocolError(m.INTERNAL_ERROR, "the server could not handle this message")
+        elif not session.open:
+            return  # refused after the client left (a clustered registry): nobody to tell
         self._ctx.refuse(session, error, message)
 
     def _resume(self, _: Any, session: Session) -> None:

@@ -111,6 +111,14 @@ class IRegistry(Interface):
         at most once); returns how many members on this server got it.
         """
 
+    def send_member(room_id, identity, data):
+        """
+        Send ``data`` to member ``identity`` of ``room_id`` on another server
+        (global; :meth:`room_member` found no such member on this one).
+        Returns True when it was delivered, False when ``identity`` is not a
+        member of ``room_id`` (or a Deferred of either).
+        """
+
     def send_peers(data, exclude):
         """
         Send ``data`` to every registered peer but ``exclude`` (global, at
@@ -262,6 +270,9 @@ class LocalRegistry:
     def send_room(self, room_id: str, data: bytes, exclude: Session | None) -> int:
         members = self.rooms.get(room_id)
         return 0 if members is None else _send_all(members.values(), data, exclude)
+
+    def send_member(self, room_id: str, identity: str, data: bytes) -> bool:
+        return False  # there is no other server
 
     def send_peers(self, data: bytes, exclude: Session | None) -> int:
         return _send_all(self.peers.values(), data, exclude)

@@ -199,6 +199,8 @@ class RedisBackend:
         self._flags = (b"1" if presence else b"0", b"1" if device_type else b"0")
         self._commands_ready = False
         self._stopped = False
+        #: When this node last became available (the reaper's grace starts then).
+        self._available_since = 0.0
         self._beat = task.LoopingCall(self._timer, self.heartbeat_check, False)
         self._beat.clock = reactor
         self._reaper = task.LoopingCall(self._timer, self.reap, True)
@@ -265,13 +267,18 @@ class RedisBackend:
             if not reply.more:
                 return released
 
-    def _timer(self, action: Any, needs_subscriptions: bool) -> None:
+    def _timer(self, action: Any, reaper: bool) -> None:
         """
-        Run a periodic action while the command connection is ready (and the
-        subscriptions are up, if it ``needs_subscriptions``); errors are
+        Run a periodic action while the command connection is ready (the
+        ``reaper`` only while the node is available, and not during the
+        first ``node_timeout`` after it became available); errors are
         logged, never raised, so the loop survives.
         """
-        if not self._commands_ready or (needs_subscriptions and not self.available):
+        if not self._commands_ready or (reaper and not self.available):
+            return
+        if reaper and self.reactor.seconds() - self._available_since < self.node_timeout:
+            # Just back after an outage: the other nodes may still be
+            # reconnecting, their heartbeats lapsed meanwhile; they are not dead.
             return
 
         def failed(failure: Any) -> None:
@@ -309,6 +316,7 @@ class RedisBackend:
             return
         self.available = available
         if available:
+            self._available_since = self.reactor.seconds()
             if not self._reaper.running:
                 self._reaper.start(self.node_timeout / 3, now=True)
             self._tell("backend_restored")
@@ -447,14 +455,24 @@ class RedisBackend:
             raise NotHolder(f"this connection no longer holds '{identity}'")
         return reply
 
-    def release(self, identity: str, conn: str, announce: bytes = b"") -> defer.Deferred:
+    def release(
+        self, identity: str, conn: str, announce: bytes | None = b"", now: float | None = None
+    ) -> defer.Deferred:
         """
         ``conn`` closed: if (and only if) it still holds ``identity``, leave
         every room (user-left to the other members, built by the script) and
         unregister, publishing ``announce`` (peer-status offline; ``b""``
-        for none) if it was a registered peer. Fires with a :class:`Release`.
+        for none) if it was a registered peer. With ``announce=None`` the
+        script builds that peer-status itself, as :meth:`reap` does (stamped
+        ``now``, by default the reactor's time), so the departure reaches
+        the other nodes atomically with the release. Fires with a
+        :class:`Release`.
         """
-        d = self._run("release", raw(identity), self._node, raw(conn), announce)
+        if announce is None:
+            now_ms = b"%d" % int((self.reactor.seconds() if now is None else now) * 1000)
+            d = self._run("release", raw(identity), self._node, raw(conn), b"", now_ms, *self._flags)
+        else:
+            d = self._run("release", raw(identity), self._node, raw(conn), announce)
         return d.addCallback(lambda r: Release(bool(r[0]), bool(r[1]), [text(x) for x in r[2:]]))
 
     # -- rooms --------------------------------------------------------------

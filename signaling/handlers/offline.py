@@ -60,7 +60,9 @@ class OfflineHandlers:
             session, {"type": "peer-offline", "peerId": to, "messageId": message_id, "queued": True}
         )
 
-    def _refused(self, failure: Failure, to: str) -> None:
+    def _refused(self, failure: Failure, to: str) -> Any:
+        if failure.check(ProtocolError):
+            return failure  # e.g. UNAVAILABLE from a clustered registry
         if failure.check(QueueFull):
             raise ProtocolError(m.QUEUE_FULL, str(failure.value), peerId=to)
         self._ctx.log.failure("offline store failed", failure)
@@ -73,8 +75,8 @@ class OfflineHandlers:
         return then(ctx.store.pending(peer_id, ctx.clock.seconds()), self._send_pending, session)
 
     def _send_pending(self, entries: list[Any], session: Session) -> Any:
-        if not entries:
-            return None
+        if not entries or not session.open:
+            return None  # closed while the store answered: the entries stay stored
         delivered_at = self._ctx.now_ms()
         for entry in entries:
             session.send(

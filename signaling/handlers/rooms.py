@@ -78,7 +78,7 @@ class RoomHandlers:
                 room_id, encode({"type": "user-left", "userId": identity, "roomId": room_id}), None
             )
 
-    def relay(self, session: Session, message: dict[str, Any]) -> None:
+    def relay(self, session: Session, message: dict[str, Any]) -> Any:
         """Forward a message with ``roomId`` to the room, or to its member ``to``."""
         ctx = self._ctx
         room_id = validate_id(message["roomId"], "roomId")
@@ -89,6 +89,12 @@ class RoomHandlers:
         if "to" in message:
             to = validate_id(message["to"], "to")
             target = ctx.registry.room_member(room_id, to)
+            if target is None and to != session.identity:
+                # Maybe a member on another server (cluster mode).
+                return then(
+                    ctx.registry.send_member(room_id, to, encode(out)),
+                    self._sent_to_member, room_id, to, out["type"],
+                )
             if target is None or target is session:
                 raise ProtocolError(
                     m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
@@ -98,3 +104,11 @@ class RoomHandlers:
         else:
             delivered = ctx.registry.send_room(room_id, encode(out), session)
         ctx.relayed(out["type"], delivered)
+        return None
+
+    def _sent_to_member(self, delivered: bool, room_id: str, to: str, type_: str) -> None:
+        if not delivered:
+            raise ProtocolError(
+                m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
+            )
+        self._ctx.relayed(type_, 1)

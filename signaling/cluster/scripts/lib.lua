@@ -52,6 +52,16 @@ local function release_id(id, node, origin)
   return h[1] == '1', h[2], rooms
 end
 
+-- The peer-status offline message for `id` (what the hub sends on a
+-- disconnect): with its deviceType (JSON text `dt`, or null) when with_dt.
+local function offline_status(id, dt, now, with_dt)
+  local status = '{"type":"peer-status","peerId":' .. cjson.encode(id) .. ',"status":"offline"'
+  if with_dt then
+    status = status .. ',"deviceType":' .. (dt or 'null')
+  end
+  return status .. ',"timestamp":' .. now .. '}'
+end
+
 -- Offline entries: field(message id) .. field(sender) .. stored_at .. ':' .. body
 local function parse_entry(e)
   local c = string.find(e, ':', 1, true)
