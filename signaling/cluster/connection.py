@@ -122,6 +122,29 @@ def _txredisapi() -> Any:
     return txredisapi
 
 
+class _FastEncoding:
+    """
+    Added to txredisapi's protocol: builds the command bytes in one pass.
+    txredisapi's own builder converts every argument twice and extends a
+    buffer four times per argument, which was the largest single cost of a
+    relayed message (ROUTE carries a dozen arguments).
+    """
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            if type(arg) is not bytes:
+                arg = self._encode_value(arg)  # type: ignore[attr-defined]
+            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        return b"".join(parts)
+
+
+@lru_cache(maxsize=None)
+def _fast(protocol: Any) -> Any:
+    """``protocol`` (a txredisapi protocol class) with :class:`_FastEncoding`."""
+    return type(protocol.__name__, (_FastEncoding, protocol), {})
+
+
 @lru_cache(maxsize=None)
 def _factory_class() -> Any:
     return type("_Factory", (_FactoryMixin, _txredisapi().RedisFactory), {})
@@ -146,7 +169,7 @@ class _FactoryMixin:
             username=address.username,
         )
         self.deferred = None  # nobody waits on txredisapi's own "pool ready" Deferred
-        self.protocol = protocol or _txredisapi().RedisProtocol
+        self.protocol = _fast(protocol or _txredisapi().RedisProtocol)
         self.initialDelay = owner.initial_delay
         self.maxDelay = owner.max_delay
         self.owner = owner
