@@ -135,6 +135,33 @@ class Placement(ClusterServerTestCase):
         self.assertEqual((response.code, json.loads(body)), (200, {"status": "ready"}))
 
 
+class OfflineCapsAcrossNodes(ClusterServerTestCase):
+    # The per-sender quota is a tenth of the store's bytes: 600 here.
+    config = {"offline_max_bytes": 6000, "offline_max": 3}
+
+    @defer.inlineCallbacks
+    def test_limits_hold_for_the_whole_cluster(self):
+        greedy = yield self.register("greedy", url=self.urls[0])
+        for i in range(2):
+            greedy.send({"type": "offer", "to": f"t{i}", "offer": {"sdp": "x" * 200}})
+            yield greedy.expect("peer-offline")
+        greedy.send({"type": "offer", "to": "t2", "messageId": "over", "offer": {"sdp": "x" * 200}})
+        error = yield greedy.expect_error("QUEUE_FULL")
+        self.assertIn("quota", error["error"])
+        self.assertEqual(error["messageId"], "over")
+        # Other senders, on other nodes, still have theirs; one recipient's
+        # queue is full for everybody.
+        for i, url in enumerate(self.urls[1:]):
+            other = yield self.register(f"other{i}", url=url)
+            other.send({"type": "offer", "to": "t0", "offer": {}})
+            yield other.expect("peer-offline")
+        late = yield self.register("late", url=self.urls[2])
+        late.send({"type": "offer", "to": "t0", "offer": {}})
+        error = yield late.expect_error("QUEUE_FULL")
+        self.assertIn("'t0' is full", error["error"])
+        self.assertEqual(self.store.count, 4)
+
+
 class TokensAcrossNodes(ClusterServerTestCase):
     config = {"auth_secret": SECRET}
 
