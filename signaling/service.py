@@ -187,6 +187,8 @@ class SignalingService(MultiService):
             config, clock, store, self.metrics, policies.verifier, self.registry
         )
         self.metrics.bind_stats(hub.stats)
+        if cluster is not None:
+            cluster.registry.on_restored = hub.announce_again
         gate = ConnectionGate(
             policies.origins, policies.proxies,
             config.max_connections, config.max_connections_per_ip,

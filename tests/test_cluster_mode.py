@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor
 from twisted.protocols import portforward
 
 import redis_server
-from cluster_nodes import PREFIX, ClusterServerTestCase
+from cluster_nodes import NODE_TIMEOUT, PREFIX, ClusterServerTestCase
 from helpers import WAIT, http_get, pause, wait_for
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
@@ -384,6 +384,37 @@ class RedisRestartTests(OutageTestCase):
         self.assertEqual((yield bob.expect("offer", skip=("peer-status",)))["from"], "carol")
         newcomer.send({"type": "offer", "to": "bob", "offer": {}})
         self.assertEqual((yield bob.expect("offer", skip=("peer-status",)))["from"], "alice")
+
+
+class GivenUpTests(OutageTestCase):
+    @defer.inlineCallbacks
+    def test_a_node_cut_off_too_long_is_announced_gone_then_back(self):
+        alice, bob, carol = yield self.populate()
+        yield self.proxy.cut()  # node 0 alone loses Redis, past the node timeout
+        events = set()
+        while len(events) < 4:
+            message = yield carol.next(timeout=4 * NODE_TIMEOUT)
+            events.add((message["type"], message.get("userId") or message.get("peerId"),
+                        message.get("status")))
+        self.assertEqual(events, {("user-left", "alice", None), ("user-left", "bob", None),
+                                  ("peer-status", "alice", "offline"),
+                                  ("peer-status", "bob", "offline")})
+        # Node 0 is back: its peers are claimed again and announced anew, to
+        # the other nodes only (its own never saw them go).
+        self.proxy.restore()
+        events = set()
+        while len(events) < 4:
+            message = yield carol.next(timeout=4 * NODE_TIMEOUT)
+            events.add((message["type"], message.get("userId") or message.get("peerId"),
+                        message.get("status")))
+        self.assertEqual(events, {("user-joined", "alice", None), ("user-joined", "bob", None),
+                                  ("peer-status", "alice", "online"),
+                                  ("peer-status", "bob", "online")})
+        carol.send({"type": "offer", "to": "alice", "offer": {}})
+        self.assertEqual((yield alice.expect("offer"))["from"], "carol")
+        yield self.roundtrip(bob)
+        bob.assert_quiet()
+        self.assertEqual(sorted(self.registry.rooms["r"]), ["alice", "bob", "carol"])
 
 
 class FrozenRedisTests(OutageTestCase):

@@ -201,6 +201,9 @@ class RedisBackend:
         self._stopped = False
         #: When this node last became available (the reaper's grace starts then).
         self._available_since = 0.0
+        #: The epoch of Redis's data as of the last heartbeat: it changes
+        #: when Redis lost its data (a restart without persistence).
+        self.epoch: str | None = None
         self._beat = task.LoopingCall(self._timer, self.heartbeat_check, False)
         self._beat.clock = reactor
         self._reaper = task.LoopingCall(self._timer, self.reap, True)
@@ -347,7 +350,12 @@ class RedisBackend:
         data).
         """
         ttl = b"%d" % max(1, int(self.node_timeout * 1000))
-        return self._run("heartbeat", self._node, ttl).addCallback(bool)
+        d = self._run("heartbeat", self._node, ttl, secrets.token_hex(8).encode("ascii"))
+        return d.addCallback(self._beaten)
+
+    def _beaten(self, reply: list) -> bool:
+        self.epoch = text(reply[1])
+        return bool(reply[0])
 
     def heartbeat_check(self) -> defer.Deferred:
         """:meth:`heartbeat`, telling the listener to re-register when the node was considered dead."""

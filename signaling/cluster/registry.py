@@ -56,8 +56,11 @@ _log = Logger(namespace="signaling.cluster")
 #: Peers read per PEERS call when ``get-peers`` asks for all of them.
 PEERS_BATCH = 1000
 
-#: How the fan-outs behave while the hub announces a departure.
-_EVERYWHERE, _LOCAL, _NOWHERE = "everywhere", "local", "nowhere"
+#: Where the fan-outs deliver: everywhere (normally), to this node's sessions
+#: only (the hub announcing a departure Redis announced already), to the
+#: other nodes only (announcing again what only they were told had gone), or
+#: nowhere (a departure that did not happen).
+_EVERYWHERE, _LOCAL, _REMOTE, _NOWHERE = "everywhere", "local", "remote", "nowhere"
 
 
 class RemotePeer:
@@ -126,6 +129,14 @@ class ClusterRegistry:
         self._fanout = _EVERYWHERE
         self._synced = False
         self._generation = 0
+        #: Redis's data epoch when this node's state was last put in place.
+        self._synced_epoch: str | None = None
+        #: ``on_restored(session, rooms)``: called, with the fan-outs reaching
+        #: the other nodes only, for a session whose id had been released by
+        #: the other nodes (this node was given up as dead while Redis kept
+        #: its data) once it is claimed again, with the rooms it is in again,
+        #: so that it is announced anew (the hub's ``announce_again``).
+        self.on_restored: Any = None
 
     def attach(self, backend: Any) -> None:
         """Use ``backend`` (a started or startable RedisBackend with this registry as listener)."""
@@ -473,8 +484,10 @@ class ClusterRegistry:
         if mode == _NOWHERE:
             return 0
         members = self.rooms.get(room_id)
-        sent = 0 if members is None else _send_all(members.values(), data, exclude)
-        if mode == _EVERYWHERE:
+        sent = 0
+        if members is not None and mode != _REMOTE:
+            sent = _send_all(members.values(), data, exclude)
+        if mode in (_EVERYWHERE, _REMOTE):
             exclude_id = "" if exclude is None else exclude.identity or ""
             self._published(self.backend.publish_room(room_id, data, exclude_id))
         return sent
@@ -483,8 +496,8 @@ class ClusterRegistry:
         mode = self._fanout_mode(exclude)
         if mode == _NOWHERE:
             return 0
-        sent = _send_all(self.peers.values(), data, exclude)
-        if mode == _EVERYWHERE:
+        sent = 0 if mode == _REMOTE else _send_all(self.peers.values(), data, exclude)
+        if mode in (_EVERYWHERE, _REMOTE):
             exclude_id = "" if exclude is None else exclude.identity or ""
             self._published(self.backend.publish_presence(data, exclude_id))
         return sent
@@ -591,6 +604,7 @@ class ClusterRegistry:
         def done(count: int) -> None:
             if generation == self._generation:
                 self._synced = True
+                self._synced_epoch = self.backend.epoch
                 _log.info("cluster backend available; {count} connections registered again",
                           count=count)
 
@@ -617,13 +631,17 @@ class ClusterRegistry:
             consumeErrors=True,
         ).addErrback(lambda f: f.value.subFailure)
         sessions = [s for s in self.identities.values() if s.open]
+        # Ids Redis no longer knows were released by the other nodes (with
+        # their events) if Redis kept its data; if it lost it, nobody was told.
+        given_up = self._synced_epoch is not None and self._synced_epoch == self.backend.epoch
         yield defer.gatherResults(
-            [self._reclaim(session, generation) for session in sessions], consumeErrors=True
+            [self._reclaim(session, generation, given_up) for session in sessions],
+            consumeErrors=True,
         ).addErrback(lambda f: f.value.subFailure)
         return len(sessions)
 
     @defer.inlineCallbacks
-    def _reclaim(self, session: Session, generation: int) -> Any:
+    def _reclaim(self, session: Session, generation: int, given_up: bool) -> Any:
         identity = session.identity
         conn = self._conns.get(session)
         if conn is None or generation != self._generation:
@@ -648,6 +666,13 @@ class ClusterRegistry:
                     self._drop_member(room_id, identity, session)
         except NotHolder:
             self._replace(session, "by a newer connection while Redis was away")
+            return
+        if claim.status == "new" and given_up and self.on_restored is not None and session.open:
+            self._fanout = _REMOTE
+            try:
+                self.on_restored(session, sorted(session.rooms))
+            finally:
+                self._fanout = _EVERYWHERE
 
 
 def _is_live(result: str) -> bool:

@@ -47,14 +47,18 @@ class RoomHandlers:
         user_id = session.identity
         if new:
             log_event(ctx.log, "join", peer=session.address, identity=user_id, room=room_id)
-            ctx.registry.send_room(
-                room_id,
-                encode({"type": "user-joined", "userId": user_id, "roomId": room_id}),
-                session,
-            )
+            self.announce_joined(session, room_id)
         ctx.reply(
             session,
             {"type": "join-success", "roomId": room_id, "userId": user_id, "members": others},
+        )
+
+    def announce_joined(self, session: Session, room_id: str) -> None:
+        """Tell the other members of ``room_id`` that ``session``'s identity joined it."""
+        self._ctx.registry.send_room(
+            room_id,
+            encode({"type": "user-joined", "userId": session.identity, "roomId": room_id}),
+            session,
         )
 
     def leave_room(self, session: Session, message: dict[str, Any]) -> Any:

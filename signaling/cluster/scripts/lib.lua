@@ -1,6 +1,6 @@
 -- Shared helpers, put in front of every script by signaling/cluster/scripts.py.
 -- ARGV[1] is always the key prefix. Only Redis 6.2 commands are used.
--- Keys (prefix omitted): id:{id} HASH, rooms:{id} SET, room:{room} ZSET,
+-- Keys (prefix omitted): epoch STRING, id:{id} HASH, rooms:{id} SET, room:{room} ZSET,
 -- peers ZSET, seq STRING, nodes SET, node:{node}:alive STRING,
 -- node:{node}:ids SET, offline:q:{id} LIST, offline:due ZSET,
 -- offline:stats HASH, offline:senders HASH.
