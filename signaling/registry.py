@@ -32,7 +32,7 @@ from .messages import ProtocolError
 from .session import Session
 from .store import IOfflineStore
 
-__all__ = ["IRegistry", "LocalRegistry", "PeersPage"]
+__all__ = ["IRegistry", "LocalRegistry", "PeersPage", "send_all"]
 
 
 class PeersPage:
@@ -269,13 +269,13 @@ class LocalRegistry:
 
     def send_room(self, room_id: str, data: bytes, exclude: Session | None) -> int:
         members = self.rooms.get(room_id)
-        return 0 if members is None else _send_all(members.values(), data, exclude)
+        return 0 if members is None else send_all(members.values(), data, exclude)
 
     def send_member(self, room_id: str, identity: str, data: bytes) -> bool:
         return False  # there is no other server
 
     def send_peers(self, data: bytes, exclude: Session | None) -> int:
-        return _send_all(self.peers.values(), data, exclude)
+        return send_all(self.peers.values(), data, exclude)
 
     def route(self, identity: str, message_id: str, message: dict[str, Any],
               sender: str | None, now: float) -> Any:
@@ -301,7 +301,7 @@ class LocalRegistry:
         }
 
 
-def _send_all(sessions: Iterable[Session], data: bytes, exclude: Session | None) -> int:
+def send_all(sessions: Iterable[Session], data: bytes, exclude: Session | None) -> int:
     """
     Send the same bytes object to each session but ``exclude`` (the
     WebSocket layer frames it once); returns how many were open.

@@ -7,29 +7,12 @@ those tests also runs between different nodes.
 
 from __future__ import annotations
 
-from twisted.internet import defer
-
 import test_errors
 import test_offline
 import test_peers
 import test_rooms
 import test_security
 from cluster_nodes import ClusterServerTestCase
-from helpers import wait_for
-
-
-class _ExpiryIsAsync:
-    """The expiry sweep runs in Redis: wait for it instead of reading at once."""
-
-    @defer.inlineCallbacks
-    def test_expiry_sweep_frees_the_store(self):
-        sender = yield self.register("sender")
-        sender.send({"type": "offer", "to": "later", "offer": {}})
-        yield sender.expect("peer-offline")
-        self.assertEqual(self.store.count, 1)
-        self.clock.advance(61)  # the 60 s sweep runs on every node
-        yield wait_for(lambda: self.store.count == 0, "the expiry sweep")
-        self.assertEqual(self.store.total_bytes, 0)
 
 
 # -- every client on one node -------------------------------------------------
@@ -59,7 +42,7 @@ class TakeoverTestsSameNode(SameNode, test_peers.TakeoverTests):
     pass
 
 
-class OfflineTestsSameNode(_ExpiryIsAsync, SameNode, test_offline.OfflineTests):
+class OfflineTestsSameNode(SameNode, test_offline.OfflineTests):
     pass
 
 
@@ -98,7 +81,7 @@ class TakeoverTestsSpread(Spread, test_peers.TakeoverTests):
     pass
 
 
-class OfflineTestsSpread(_ExpiryIsAsync, Spread, test_offline.OfflineTests):
+class OfflineTestsSpread(Spread, test_offline.OfflineTests):
     pass
 
 

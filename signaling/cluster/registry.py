@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -42,7 +42,7 @@ from zope.interface import implementer
 from .. import messages as m
 from ..logs import log_event
 from ..messages import ProtocolError, encode
-from ..registry import IRegistry, PeersPage
+from ..registry import IRegistry, PeersPage, send_all
 from ..session import Session
 from .backend import NotHolder
 from .connection import BackendUnavailable
@@ -486,7 +486,7 @@ class ClusterRegistry:
         members = self.rooms.get(room_id)
         sent = 0
         if members is not None and mode != _REMOTE:
-            sent = _send_all(members.values(), data, exclude)
+            sent = send_all(members.values(), data, exclude)
         if mode in (_EVERYWHERE, _REMOTE):
             exclude_id = "" if exclude is None else exclude.identity or ""
             self._published(self.backend.publish_room(room_id, data, exclude_id))
@@ -496,7 +496,7 @@ class ClusterRegistry:
         mode = self._fanout_mode(exclude)
         if mode == _NOWHERE:
             return 0
-        sent = 0 if mode == _REMOTE else _send_all(self.peers.values(), data, exclude)
+        sent = 0 if mode == _REMOTE else send_all(self.peers.values(), data, exclude)
         if mode in (_EVERYWHERE, _REMOTE):
             exclude_id = "" if exclude is None else exclude.identity or ""
             self._published(self.backend.publish_presence(data, exclude_id))
@@ -685,11 +685,3 @@ def _page(page: Any) -> PeersPage:
         for p in page.peers
     ]
     return PeersPage(peers, page.next_cursor is not None, page.total)
-
-
-def _send_all(sessions: Iterable[Session], data: bytes, exclude: Session | None) -> int:
-    sent = 0
-    for session in list(sessions):
-        if session is not exclude and session.send(data):
-            sent += 1
-    return sent
