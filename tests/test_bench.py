@@ -311,6 +311,20 @@ class EndToEndTests(unittest.TestCase):
         self.assertIn("cluster-relay", out.decode())
 
 
+    @defer.inlineCallbacks
+    def test_cross_node_hop(self) -> defer.Generator:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "signaling.bench.hop", "--count", "200", "--rate", "500", "--warmup", "20"],
+            env=environment(), path=directory)
+        self.assertEqual(code, 0, err.decode()[-2000:])
+        (line,) = self._lines(out)
+        self.assertEqual((line["delivered"], line["failed"], line["lat_ms"]["n"]), (220, 0, 200))
+        self.assertTrue(1.0 <= line["redis_calls_per_hop"]["evalsha"] <= 1.1, line)  # + heartbeats
+        self.assertGreater(line["python_cpu_us_per_hop"], 0)
+
+
 class TableTests(unittest.TestCase):
     """The summary table names every scenario and flags failures."""
 

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offline: at most this many offline messages in one run (keeps under the byte cap)")
     a.add_argument("--label")
     a.add_argument("--no-pin", action="store_true", help="do not pin the server to core 0 and this process to core 1")
+    a.add_argument("--cluster-pin", choices=("core0", "none"), default="core0",
+                   help="cluster scenarios: pin every node and Redis to core 0 (the single server's budget),"
+                   " or leave them to the scheduler [core0]")
     a.add_argument("--json-only", action="store_true", help="no table at the end")
     return a
 
@@ -209,7 +212,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if ns.url:
                 url, pid = ns.url, ns.server_pid
             elif name in CLUSTER_SCENARIOS:
-                deployment = Deployment(CLUSTER_SCENARIOS[name][1], ns.server_arg, None if ns.no_pin else 0)
+                core = None if ns.no_pin or ns.cluster_pin == "none" else 0
+                deployment = Deployment(CLUSTER_SCENARIOS[name][1], ns.server_arg, core)
                 deployment.start()
                 url, pid = deployment.urls[0], deployment.pids
             else:
