@@ -40,6 +40,16 @@ def ready_code(port: int) -> int:
 
 
 @defer.inlineCallbacks
+def wait_until(condition, what: str, timeout: float = 10.0):
+    """Poll ``condition`` every 20 ms; fail after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield task.deferLater(reactor, 0.02, lambda: None)
+
+
+@defer.inlineCallbacks
 def wait_ready(port: int, code: int, timeout: float = 20.0):
     """Poll /ready on ``port`` until it answers ``code``; fail after ``timeout`` seconds."""
     deadline = reactor.seconds() + timeout
@@ -88,15 +98,25 @@ class NodeDeathTests(NodeProcessTestCase):
         yield self.joined(victim, "r")
         yield watcher.expect("user-joined")
 
+        node_b = self.redis.command("HGET", PREFIX + "id:victim", "node")
+        channel = PREFIX.encode() + b"node:" + node_b
         os.kill(b.pid, signal.SIGKILL)
         yield victim.wait_closed()
-        # Meanwhile, messages to the dead node's peer are stored offline; and
+        # Once Redis has seen B's subscriber connection close (a message
+        # published in the instant before is lost, as any pub/sub message
+        # in flight to a process that dies)...
+        yield wait_until(lambda: self.redis.command("PUBSUB", "NUMSUB", channel)[1] == 0,
+                         "Redis to notice node B's subscriber is gone")
+        # ...messages to the dead node's peer are stored offline; and
         # within the node timeout (and a reaper period) it leaves its room and
         # goes offline, announced once.
         watcher.send({"type": "offer", "to": "victim", "messageId": "while-dead", "offer": {}})
         seen = {}
         while len(seen) < 3:
-            message = yield watcher.next(timeout=NOTICED_WITHIN)
+            try:
+                message = yield watcher.next(timeout=NOTICED_WITHIN)
+            except defer.TimeoutError:
+                raise AssertionError(f"only {seen} arrived; node A's log:\n{a.log}")
             self.assertNotIn(message["type"], seen, message)
             seen[message["type"]] = message
         stored, left, status = seen["peer-offline"], seen["user-left"], seen["peer-status"]

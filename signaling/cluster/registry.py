@@ -461,7 +461,7 @@ class ClusterRegistry:
 
     def _left_failed(self, failure: Failure, session: Session) -> Any:
         if failure.check(NotHolder) and not session.open:
-            return failure  # closed meanwhile: nothing to answer
+            raise _closed()  # taken over, and closed meanwhile: nothing to answer
         return self._fenced(failure, session)
 
     def _unwatch_if_unused(self, room_id: str) -> None:
