@@ -103,6 +103,8 @@ class Placement(ClusterServerTestCase):
         old = yield self.register("p", url=self.urls[0])
         yield watcher.expect("peer-status")
         yield old.drop()
+        # Gone from Redis (a comeback before that would be a takeover, announcing nothing).
+        yield wait_for(lambda: self.redis.command("EXISTS", f"{PREFIX}id:p") == 0, "the release")
         yield self.register("p", url=self.urls[1])
         statuses = []
         while len(statuses) < 2:
