@@ -143,7 +143,10 @@ class RedisOutageTests(NodeProcessTestCase):
         a1 = yield self.register(url_a, "a1")
         a2 = yield self.register(url_a, "a2")
         b1 = yield self.register(url_b, "b1")
-        yield self.until_pong(a1)
+        # a1 hears a2 and b1 come online (b1's from the other node, later).
+        online = set()
+        while online != {"a2", "b1"}:
+            online.add((yield a1.expect("peer-status"))["peerId"])
 
         # Down: same-node peers keep talking, the rest answers UNAVAILABLE.
         self.redis.stop()
