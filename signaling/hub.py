@@ -139,6 +139,18 @@ class Hub:
         if announce:
             self._peers.announce(session, "offline")
 
+    def announce_again(self, session: Session, rooms: list[str]) -> None:
+        """
+        ``session``'s identity was announced gone while it was not (a
+        clustered registry claimed it again after the other servers had
+        given this one up): announce it again in its rooms and, if it is a
+        registered peer, as online.
+        """
+        for room_id in rooms:
+            self._rooms.announce_joined(session, room_id)
+        if session.registered:
+            self._peers.announce(session, "online")
+
     def pong(self, session: Session) -> None:
         """The client answered a heartbeat ping."""
         session.alive = True
@@ -236,6 +248,8 @@ class Hub:
                 "unhandled error for message type {type!r}", failure, type=message.get("type")
             )
             error = ProtocolError(m.INTERNAL_ERROR, "the server could not handle this message")
+        elif not session.open:
+            return  # refused after the client left (a clustered registry): nobody to tell
         self._ctx.refuse(session, error, message)
 
     def _resume(self, _: Any, session: Session) -> None:

@@ -77,6 +77,14 @@ def make_service(
     clock = reactor if clock is None else clock
     if policies is None:
         policies = Policies.from_config(config)
+    if config.redis_url is not None:
+        # Cluster mode: state and offline store in Redis (--db is not used).
+        from .cluster.node import ClusterNode
+
+        cluster = ClusterNode(config, reactor, clock)
+        return SignalingService(
+            config, reactor, clock, cluster.store, policies, inherited, cluster
+        )
     return SignalingService(
         config, reactor, clock, open_store(config, reactor, clock), policies, inherited
     )
@@ -161,6 +169,7 @@ class SignalingService(MultiService):
         store: IOfflineStore,
         policies: Policies,
         inherited: InheritedSockets | None = None,
+        cluster: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -170,10 +179,16 @@ class SignalingService(MultiService):
         self.store = store
         self.draining = False
         self.metrics = Metrics()
-        self.registry = LocalRegistry.from_config(store, config)
+        #: The :class:`~signaling.cluster.node.ClusterNode` with ``--redis``, else None.
+        self.cluster = cluster
+        self.registry = (
+            cluster.registry if cluster is not None else LocalRegistry.from_config(store, config)
+        )
         self.hub = hub = Hub(
             config, clock, store, self.metrics, policies.verifier, self.registry
         )
+        if cluster is not None:
+            cluster.registry.on_restored = hub.announce_again
         #: Every connection of every listener, counted from accept.
         self.gate = gate = ConnectionGate(
             policies.origins, policies.proxies,
@@ -189,7 +204,8 @@ class SignalingService(MultiService):
         )
         started_at = clock.seconds()
         status = StatusEndpoints(
-            hub, clock, started_at, lambda: not self.draining, policies.ice, policies.verifier
+            hub, clock, started_at, lambda: not self.draining, policies.ice, policies.verifier,
+            cluster,
         )
         self.site = make_site(config, status, self.metrics, UpgradeResource(self.factory), reactor)
         # On the fast path connections start in the WebSocket protocol, which
@@ -236,6 +252,8 @@ class SignalingService(MultiService):
         self.listeners.append(listener)
 
     def startService(self) -> None:
+        if self.cluster is not None:
+            self.cluster.start()
         super().startService()
         self.timers.start()
         if self.config.demo:
@@ -266,6 +284,8 @@ class SignalingService(MultiService):
         yield defer.DeferredList([listener.stopService() for listener in self.listeners])
         yield self._drain()
         yield self.store.close()
+        if self.cluster is not None:
+            yield self.cluster.stop()
 
     def _drain(self) -> defer.Deferred:
         hub = self.hub

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from . import __version__
 from .admission import RequestLimits, refusal
@@ -121,8 +121,11 @@ class StatusEndpoints:
         is_ready: Callable[[], bool],
         ice: IceServers,
         verifier: TokenVerifier | None,
+        cluster: Any = None,
     ) -> None:
         self._hub = hub
+        #: In cluster mode, the :class:`~signaling.cluster.node.ClusterNode`.
+        self._cluster = cluster
         self._clock = clock
         self._started_at = started_at
         self._is_ready = is_ready
@@ -154,17 +157,34 @@ class StatusEndpoints:
         )
 
     def ready(self, request: Request) -> bytes:
-        """200 while accepting clients, 503 while draining for shutdown."""
-        if self._is_ready():
-            return json_response(request, {"status": "ready"})
-        return json_response(request, {"status": "draining"}, 503)
+        """
+        200 while accepting clients; 503 while draining for shutdown, and in
+        cluster mode while Redis cannot be reached.
+        """
+        if not self._is_ready():
+            return json_response(request, {"status": "draining"}, 503)
+        if self._cluster is not None and not self._cluster.ready:
+            return json_response(request, {"status": "unavailable"}, 503)
+        return json_response(request, {"status": "ready"})
 
-    def stats(self, request: Request) -> bytes:
-        """Every counter, flat."""
+    def stats(self, request: Request) -> Any:
+        """Every counter of this process, flat; in cluster mode also ``cluster``, the totals."""
         body: dict[str, Any] = dict(self._hub.stats())
         body["uptime"] = round(self._clock.seconds() - self._started_at, 3)
         body["pid"] = os.getpid()
-        return json_response(request, body)
+        if self._cluster is None:
+            return json_response(request, body)
+        gone: list[Any] = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def respond(totals: dict[str, Any]) -> None:
+            if not gone:
+                body["cluster"] = totals
+                request.write(json_response(request, body))
+                request.finish()
+
+        self._cluster.stats().addCallback(respond)
+        return NOT_DONE_YET
 
     def ice_servers(self, request: Request) -> bytes:
         """

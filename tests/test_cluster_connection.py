@@ -332,7 +332,8 @@ class TLSTests(RedisTestCase):
         yield subscriber.subscribe(b"c")
         self.assertEqual((yield connection.execute(b"PUBLISH", b"c", b"\x00tls")), 1)
         yield wait_until(lambda: received == [b"\x00tls"], what="the message")
-        self.assertEqual((yield connection.run(load_scripts()["heartbeat"], b"p:", b"n", b"1000")), 0)
+        reply = yield connection.run(load_scripts()["heartbeat"], b"p:", b"n", b"1000", b"e1")
+        self.assertEqual(reply, [0, b"e1"])
 
     @defer.inlineCallbacks
     def test_untrusted_certificate_is_refused(self):

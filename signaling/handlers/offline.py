@@ -75,7 +75,9 @@ class OfflineHandlers:
             session, {"type": "peer-offline", "peerId": to, "messageId": message_id, "queued": True}
         )
 
-    def _refused(self, failure: Failure, to: str) -> None:
+    def _refused(self, failure: Failure, to: str) -> Any:
+        if failure.check(ProtocolError):
+            return failure  # e.g. UNAVAILABLE from a clustered registry
         if failure.check(QueueFull):
             raise ProtocolError(m.QUEUE_FULL, str(failure.value), peerId=to)
         if failure.check(ProtocolError):
@@ -93,8 +95,8 @@ class OfflineHandlers:
         return then(ctx.store.pending(session.identity, ctx.clock.seconds()), self._start, session)
 
     def _start(self, entries: list[Any], session: Session) -> Any:
-        if not entries:
-            return None
+        if not entries or not session.open:
+            return None  # closed while the store answered: the entries stay stored
         return Backlog(self._ctx, session, entries).start()
 
     def ack(self, session: Session, message: dict[str, Any]) -> Any:

@@ -67,11 +67,16 @@ class PeerHandlers:
 
     def _bound(self, replaced: Session | None, session: Session, peer_id: str,
                device_type: Any, device_info: Any, ack_mode: bool) -> Any:
-        ctx = self._ctx
-        take_over(ctx, session, replaced)
         session.ack_mode = ack_mode
         return then(
-            ctx.registry.register(session, device_type, device_info),
+            take_over(self._ctx, session, replaced), self._register,
+            session, peer_id, device_type, device_info,
+        )
+
+    def _register(self, _: Any, session: Session, peer_id: str, device_type: Any,
+                  device_info: Any) -> Any:
+        return then(
+            self._ctx.registry.register(session, device_type, device_info),
             self._registered, session, peer_id,
         )
 
@@ -189,18 +194,16 @@ class PeerHandlers:
         return self._offline.route(session, to, out, message)
 
 
-def take_over(ctx: Context, session: Session, replaced: Session | None) -> None:
+def take_over(ctx: Context, session: Session, replaced: Session | None) -> Any:
     """
-    ``session`` took its id over from ``replaced`` (on this server): close the
-    old one, and tell the members of the rooms the id left because the new
-    connection's token does not allow them (``replaced.rooms``).
+    ``session`` took its id over (from ``replaced``, when that was on this
+    server: close it); the id leaves the rooms ``session``'s token does not
+    allow. Returns None, or a Deferred when leaving takes a round trip.
     """
-    if replaced is None:
-        return
-    log_event(
-        ctx.log, "takeover", peer=session.address, identity=session.identity,
-        old=replaced.address,
-    )
-    ctx.announce_left(session, session.identity, replaced.rooms)
-    replaced.rooms = set()
-    replaced.conn.close(m.CLOSE_REPLACED, "replaced")
+    if replaced is not None:
+        log_event(
+            ctx.log, "takeover", peer=session.address, identity=session.identity,
+            old=replaced.address,
+        )
+        replaced.conn.close(m.CLOSE_REPLACED, "replaced")
+    return ctx.leave_rooms_not_granted(session)

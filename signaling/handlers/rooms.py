@@ -38,7 +38,9 @@ class RoomHandlers:
         return then(ctx.registry.bind(session, user_id), self._bound, session, room_id)
 
     def _bound(self, replaced: Session | None, session: Session, room_id: str) -> Any:
-        take_over(self._ctx, session, replaced)
+        return then(take_over(self._ctx, session, replaced), self._join, session, room_id)
+
+    def _join(self, _: Any, session: Session, room_id: str) -> Any:
         return then(self._ctx.registry.join(session, room_id), self._joined, session, room_id)
 
     def _joined(self, joined: tuple[list[str], bool], session: Session, room_id: str) -> None:
@@ -47,14 +49,18 @@ class RoomHandlers:
         user_id = session.identity
         if new:
             log_event(ctx.log, "join", peer=session.address, identity=user_id, room=room_id)
-            ctx.registry.send_room(
-                room_id,
-                encode({"type": "user-joined", "userId": user_id, "roomId": room_id}),
-                session,
-            )
+            self.announce_joined(session, room_id)
         ctx.reply(
             session,
             {"type": "join-success", "roomId": room_id, "userId": user_id, "members": others},
+        )
+
+    def announce_joined(self, session: Session, room_id: str) -> None:
+        """Tell the other members of ``room_id`` that ``session``'s identity joined it."""
+        self._ctx.registry.send_room(
+            room_id,
+            encode({"type": "user-joined", "userId": session.identity, "roomId": room_id}),
+            session,
         )
 
     def leave_room(self, session: Session, message: dict[str, Any]) -> Any:
@@ -68,7 +74,7 @@ class RoomHandlers:
         self._ctx.announce_left(session, session.identity, [room_id])
         self._ctx.reply(session, {"type": "leave-success", "roomId": room_id})
 
-    def relay(self, session: Session, message: dict[str, Any]) -> None:
+    def relay(self, session: Session, message: dict[str, Any]) -> Any:
         """Forward a message with ``roomId`` to the room, or to its member ``to``."""
         ctx = self._ctx
         room_id = validate_id(message["roomId"], "roomId")
@@ -80,6 +86,12 @@ class RoomHandlers:
         if "to" in message:
             to = out["to"] = validate_id(message["to"], "to")
             target = ctx.registry.room_member(room_id, to)
+            if target is None and to != session.identity:
+                # Maybe a member on another server (cluster mode).
+                return then(
+                    ctx.registry.send_member(room_id, to, encode(out)),
+                    self._sent_to_member, room_id, to, out["type"],
+                )
             if target is None or target is session:
                 raise ProtocolError(
                     m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
@@ -89,3 +101,11 @@ class RoomHandlers:
         else:
             delivered = ctx.registry.send_room(room_id, ctx.encode_relayed(out), session)
         ctx.relayed(out["type"], delivered)
+        return None
+
+    def _sent_to_member(self, delivered: bool, room_id: str, to: str, type_: str) -> None:
+        if not delivered:
+            raise ProtocolError(
+                m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
+            )
+        self._ctx.relayed(type_, 1)
