@@ -8,6 +8,7 @@ those tests also runs between different nodes.
 from __future__ import annotations
 
 import test_errors
+import test_hardening
 import test_offline
 import test_peers
 import test_rooms
@@ -94,4 +95,20 @@ class HS256TestsSpread(Spread, test_security.HS256Tests):
 
 
 class AuthRequiredTestsSpread(Spread, test_security.AuthRequiredTests):
+    pass
+
+
+class SpoofingTestsSpread(Spread, test_hardening.SpoofingTests):
+    pass
+
+
+class TakeoverGrantTestsSpread(Spread, test_hardening.TakeoverGrantTests):
+    pass
+
+
+class LargeMessageTestsSpread(Spread, test_hardening.LargeMessageTests):
+    pass
+
+
+class LargeRoomTestsSpread(Spread, test_hardening.LargeRoomTests):
     pass

@@ -178,11 +178,14 @@ class LargeMessageTests(ServerTestCase):
             page = yield me.expect("peers-list")
         self.assertEqual(seen, [f"p{i:02d}" for i in range(20)])
 
+class LargeRoomTests(ServerTestCase):
+    """A room too large to list in one join-success refuses the join, whole."""
+
+    config = {"max_message_size": 4096, "rate_limit": 0}
+
     @defer.inlineCallbacks
     def test_a_room_too_large_to_list_refuses_the_join(self):
         """The join whose join-success would not fit is refused, and changes nothing."""
-        self.service.stopService()
-        self.start_server(max_message_size=4096, rate_limit=0)
         budget = self.service.config.max_outgoing_size
         joined = 0
         while True:
