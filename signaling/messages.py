@@ -14,6 +14,8 @@ import re
 import unicodedata
 from typing import Any
 
+import orjson
+
 from .config import MAX_ID_LENGTH, MAX_JSON_DEPTH as MAX_DEPTH, MAX_MESSAGE_ID_LENGTH
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "encode",
     "error_message",
     "offline_delivery",
+    "stamp",
     "validate_id",
     "is_unicode",
     "lone_surrogate_field",
@@ -141,26 +144,27 @@ _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii
 _ascii_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
-def _make_fast_encoder() -> Any:
-    """
-    The C encoder ``_encoder.encode`` builds on every call, built once: the
-    same output and errors (non-finite floats refused), minus the circular
-    reference bookkeeping, which decoded and hub-built messages never need.
-    ``None`` without the C accelerator.
-    """
-    try:
-        from json.encoder import c_encode_basestring, c_make_encoder
+_fast_loads = orjson.loads
+_fast_dumps = orjson.dumps
 
-        if c_make_encoder is None or c_encode_basestring is None:
-            return None
-        return c_make_encoder(
-            None, _encoder.default, c_encode_basestring, None, ":", ",", False, False, False
-        )
-    except (ImportError, TypeError):
-        return None
+#: Floats at least this large may be integers of more than 64 bits that
+#: orjson read as floats.
+_HUGE = 2.0 ** 63
 
 
-_fast_encoder = _make_fast_encoder()
+def _holds_huge_float(message: dict[str, Any]) -> bool:
+    """Whether ``message`` holds a float of :data:`_HUGE` or more, at any depth."""
+    stack: list[Any] = [message]
+    while stack:
+        node = stack.pop()
+        for value in node.values() if type(node) is dict else node:
+            kind = type(value)
+            if kind is float:
+                if value >= _HUGE or value <= -_HUGE:
+                    return True
+            elif kind is dict or kind is list:
+                stack.append(value)
+    return False
 
 
 def decode(payload: bytes | str) -> dict[str, Any]:
@@ -168,10 +172,10 @@ def decode(payload: bytes | str) -> dict[str, Any]:
     Parse one frame into a message dict.
 
     ``payload`` is the frame's bytes, or its text decoded from UTF-8 (as both
-    WebSocket layers hand it over). UTF-8 cannot hold a surrogate, so a lone
-    surrogate can only arrive as a JSON escape: one scan of the text for
-    ``\\uD800``..``\\uDFFF`` decides whether the decoded strings need a look
-    at all, and almost every message skips that walk.
+    WebSocket layers hand it over). The fast parser (orjson) reads almost
+    every message; what it refuses, and the rare message whose integers it
+    would read inexactly, is read again by the standard parser, whose
+    refusals name the problem (:func:`_decode_exactly`).
 
     :raises ProtocolError: ``INVALID_MESSAGE`` when the payload is not UTF-8,
         not JSON, not an object, or has no string ``type``; ``INVALID_FIELD``
@@ -180,23 +184,31 @@ def decode(payload: bytes | str) -> dict[str, Any]:
         stored nor sent as UTF-8. Escaped surrogate pairs are one character
         and welcome.
     """
-    if isinstance(payload, (bytes, bytearray, memoryview)):
+    if type(payload) is not str:
         try:
             payload = bytes(payload).decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(INVALID_MESSAGE, "message is not valid UTF-8")
+    try:
+        message = _fast_loads(payload)
+    except orjson.JSONDecodeError:
+        return _decode_exactly(payload)
+    # orjson refused any lone surrogate already. It reads an integer of more
+    # than 64 bits as a float, which the standard parser keeps exact.
+    if type(message) is dict and _holds_huge_float(message):
+        return _decode_exactly(payload)
+    return _checked(payload, message)
+
+
+def _decode_exactly(payload: str) -> dict[str, Any]:
+    """:func:`decode` with the standard parser: exact integers, errors that say why."""
     try:
         message = _decoder.decode(payload)
     except RecursionError:
         raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
     except ValueError as e:
         raise ProtocolError(INVALID_MESSAGE, f"message is not valid JSON: {e}")
-    if not isinstance(message, dict):
-        raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
-    if _too_deep(payload, message):
-        raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
-    if not isinstance(message.get("type"), str):
-        raise ProtocolError(INVALID_MESSAGE, "message needs a string field 'type'")
+    message = _checked(payload, message)
     if _SURROGATE_ESCAPE.search(payload) is not None:
         where = lone_surrogate_field(message)
         if where is not None:
@@ -206,19 +218,56 @@ def decode(payload: bytes | str) -> dict[str, Any]:
     return message
 
 
+def _checked(payload: str, message: Any) -> dict[str, Any]:
+    """``message`` if it is an object with a string ``type``, nested at most :data:`MAX_DEPTH`."""
+    if type(message) is not dict:
+        raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
+    if _too_deep(payload, message):
+        raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
+    if type(message.get("type")) is not str:
+        raise ProtocolError(INVALID_MESSAGE, "message needs a string field 'type'")
+    return message
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """
     Serialize a message for the wire: compact JSON in UTF-8, characters
     written as themselves (a ``\\uXXXX`` escape would make non-Latin text up
-    to three times larger). A string that is not valid Unicode (a lone
-    surrogate) cannot be UTF-8; such a message is written with escapes.
+    to three times larger), by the fast encoder (orjson). What it cannot
+    write (an integer of more than 64 bits, a lone surrogate, which cannot
+    be UTF-8) the standard encoder writes exactly, a lone surrogate as an
+    escape. Messages never hold non-finite numbers: :func:`decode` refuses
+    them.
     """
     try:
-        if _fast_encoder is not None and type(message) is dict:
-            return "".join(_fast_encoder(message, 0)).encode("utf-8")
-        return _encoder.encode(message).encode("utf-8")
-    except UnicodeEncodeError:
-        return _ascii_encoder.encode(message).encode("ascii")
+        return _fast_dumps(message)
+    except TypeError:
+        try:
+            return _encoder.encode(message).encode("utf-8")
+        except UnicodeEncodeError:
+            return _ascii_encoder.encode(message).encode("ascii")
+
+
+def stamp(raw: bytes | str, message: dict[str, Any], changes: dict[str, Any]) -> bytes:
+    """
+    ``message`` with the fields of ``changes`` set (``from``, ``sender``, a
+    timestamp, ids as the server spells them), encoded, from ``raw``, the
+    text it was decoded from: when no field of ``changes`` is already there
+    with another value, the missing ones are appended to the raw text instead
+    of encoding the whole message again (every field the client sent stays
+    as it sent it). The result is the same JSON object as
+    ``encode({**message, **changes})`` either way.
+    """
+    tail = []
+    for key, value in changes.items():
+        if key not in message:
+            tail.append(b'"%s":%s' % (key.encode(), _fast_dumps(value)))
+        elif message[key] != value:
+            return encode({**message, **changes})
+    data = raw.encode() if type(raw) is str else bytes(raw)
+    if not tail:
+        return data
+    return b"%s,%s}" % (data.rstrip(b" \t\n\r")[:-1], b",".join(tail))
 
 
 def offline_delivery(

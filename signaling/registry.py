@@ -128,11 +128,11 @@ class IRegistry(Interface):
         most once); returns how many on this server got it.
         """
 
-    def route(identity, message_id, message, sender, now):
+    def route(identity, message_id, data, sender, now):
         """
-        Deliver ``message`` (a dict) to ``identity``, which has no session on
-        this server: where it is held, or else into the offline store under
-        ``message_id`` (global). Returns a Deferred firing with True when it was
+        Deliver ``data`` (the encoded message as ``identity`` receives it) to
+        ``identity``, which has no session on this server: where it is held,
+        or else into the offline store under ``message_id`` (global). Returns a Deferred firing with True when it was
         delivered, False when it was stored; it fails with
         :class:`~signaling.store.QueueFull` when it could not be stored.
         """
@@ -305,9 +305,9 @@ class LocalRegistry:
     def send_peers(self, data: bytes, exclude: Session | None) -> int:
         return send_all(self.peers.values(), data, exclude)
 
-    def route(self, identity: str, message_id: str, message: dict[str, Any],
+    def route(self, identity: str, message_id: str, data: bytes,
               sender: str | None, now: float) -> Any:
-        return self._store.enqueue(identity, message_id, message, now, sender).addCallback(
+        return self._store.enqueue(identity, message_id, data, now, sender).addCallback(
             lambda _: False
         )
 

@@ -93,7 +93,8 @@ class IOfflineStore(Interface):
 
     def enqueue(recipient, message_id, message, now, sender=None):
         """
-        Store ``message`` (a dict) for ``recipient`` under ``message_id``;
+        Store ``message`` (a dict, or the bytes it is encoded as) for
+        ``recipient`` under ``message_id``;
         ``sender`` is the id that sent it, when known, and the bytes each
         sender has stored are capped (``StoreLimits.max_bytes_per_sender``).
 
@@ -144,7 +145,7 @@ class MemoryQueues:
         sender: str | None = None,
     ) -> StoredMessage:
         """Build an entry for ``message`` from ``sender`` or raise :class:`QueueFull`."""
-        body = encode(message)
+        body = message if type(message) is bytes else encode(message)
         size = len(body)
         queue = self._queues.get(recipient)
         limits = self.limits

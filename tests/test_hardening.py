@@ -153,7 +153,13 @@ class LargeMessageTests(ServerTestCase):
         b = yield self.register("b")
         yield a.expect("peer-status")
         numbers = "[" + ",".join(["1e15"] * 12000) + "]"  # 60 KB in, 220 KB re-encoded
-        a.send('{"type":"offer","to":"b","messageId":"n1","x":' + numbers + "}")
+        # As sent, it is relayed as sent: only the sender's fields are added.
+        a.send('{"type":"offer","to":"b","messageId":"n0","x":' + numbers + "}")
+        offer = yield b.expect("offer")
+        self.assertEqual(len(offer["x"]), 12000)
+        # With a forged "from" the server must rewrite the message, which
+        # would then be too large: refused to its sender, nothing relayed.
+        a.send('{"type":"offer","to":"b","from":"c","messageId":"n1","x":' + numbers + "}")
         error = yield a.expect_error("INVALID_MESSAGE")
         self.assertEqual(error["messageId"], "n1")
         self.assertIn("too large", error["error"])

@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from .. import messages as m
 from ..logs import log_event
-from ..messages import ProtocolError, encode
+from ..messages import ProtocolError
 from ..registry import IRegistry, PeersPage, send_all
 from ..session import Session
 from .backend import NotHolder
@@ -521,9 +521,9 @@ class ClusterRegistry:
 
         d.addErrback(failed)
 
-    def route(self, identity: str, message_id: str, message: dict[str, Any],
+    def route(self, identity: str, message_id: str, data: bytes,
               sender: str | None, now: float) -> Any:
-        d = self.backend.route(identity, encode(message), message_id, now, sender)
+        d = self.backend.route(identity, data, message_id, now, sender)
         return d.addCallbacks(_is_live, refuse_unavailable)
 
     def send_member(self, room_id: str, identity: str, data: bytes) -> Any:

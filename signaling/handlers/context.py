@@ -61,14 +61,14 @@ class Context:
         """Send ``message`` (a dict) to ``session``."""
         session.send(encode(message))
 
-    def encode_relayed(self, message: dict[str, Any], extra: int = 0) -> bytes:
+    def relayed_bytes(self, data: bytes, extra: int = 0) -> bytes:
         """
-        ``message`` encoded for its recipients.
+        ``data``, an encoded message to relay, if the server may send it
+        (with ``extra`` bytes of envelope around it).
 
         :raises ProtocolError: ``INVALID_MESSAGE`` when it would be larger than
-            the server sends (with ``extra`` bytes of envelope around it).
+            the server sends.
         """
-        data = encode(message)
         if len(data) + extra > self.config.max_outgoing_size:
             raise ProtocolError(
                 m.INVALID_MESSAGE,

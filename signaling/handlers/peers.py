@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .. import messages as m
 from ..logs import log_event
 from ..maybe import then
-from ..messages import ProtocolError, encode, validate_id
+from ..messages import ProtocolError, encode, stamp, validate_id
 from ..session import Session
 from .context import Context
 from .offline import OfflineHandlers
@@ -172,26 +172,30 @@ class PeerHandlers:
 
     # -- directed relay -------------------------------------------------------
 
-    def relay(self, session: Session, message: dict[str, Any]) -> Any:
-        """Forward a message with ``to`` to that peer, or store it while it is offline."""
+    def relay(self, session: Session, message: dict[str, Any], raw: bytes | str) -> Any:
+        """
+        Forward a message with ``to`` (``raw``: its text as received) to that
+        peer, or store it while it is offline.
+        """
         if not session.registered:
             raise ProtocolError(
                 m.REGISTRATION_REQUIRED, "send 'register' before messaging other peers"
             )
         ctx = self._ctx
         to = validate_id(message["to"], "to")
-        out = dict(message, to=to)  # the id as the server knows it (NFC)
         # Both families of clients read the sender: peer clients in "from",
-        # room clients in "sender"; neither may be chosen by the client.
-        out["from"] = out["sender"] = session.identity
-        if out["type"] == "message" and "timestamp" not in out:
-            out["timestamp"] = ctx.now_ms()
+        # room clients in "sender"; neither may be chosen by the client. The
+        # id is written as the server knows it (NFC).
+        changes = {"to": to, "from": session.identity, "sender": session.identity}
+        if message["type"] == "message" and "timestamp" not in message:
+            changes["timestamp"] = ctx.now_ms()
+        data = stamp(raw, message, changes)
         target = ctx.registry.holder(to)
         if target is not None:
-            target.send(ctx.encode_relayed(out))
-            ctx.relayed(out["type"], 1)
+            target.send(ctx.relayed_bytes(data))
+            ctx.relayed(message["type"], 1)
             return None
-        return self._offline.route(session, to, out, message)
+        return self._offline.route(session, to, data, message)
 
 
 def take_over(ctx: Context, session: Session, replaced: Session | None) -> Any:
