@@ -24,7 +24,6 @@ import random
 from time import perf_counter
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from . import messages as m
@@ -37,7 +36,7 @@ from .handlers.peers import PeerHandlers
 from .handlers.rooms import RoomHandlers
 from .limits import RateLimiter
 from .logs import log_event
-from .maybe import then
+from .maybe import is_deferred, then
 from .messages import ProtocolError, decode
 from .registry import IRegistry, LocalRegistry
 from .session import Session
@@ -218,7 +217,7 @@ class Hub:
         except Exception:
             self._failed(Failure(), session, message)
             return
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             result.addErrback(self._failed, session, message)
             if handler is not None:
                 # Later requests of this session wait until this one is answered.

@@ -13,7 +13,11 @@ API, for speed and memory (``docs/performance.md``):
   to the transport, framed once per fan-out;
 - Autobahn's options live on the protocol class instead of being copied
   into every connection, and its handshake leftovers are dropped once open;
-- Autobahn's eager debug formatting is made lazy.
+- Autobahn's eager debug formatting is made lazy;
+- a frame for a plain TCP connection whose Twisted send buffer is empty is
+  sent on the socket at once, instead of waiting in the buffer for the
+  reactor's next write round (which costs two more system calls to watch
+  the socket for writability, and a reactor turn).
 
 :func:`available` checks, once per process, the installed versions and
 every attribute used here. When anything is not as tested it logs one
@@ -35,6 +39,7 @@ import autobahn.twisted.websocket as _autobahn_twisted
 import autobahn.websocket.protocol as _autobahn_protocol
 import twisted
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -127,6 +132,9 @@ def problems() -> list[str]:
     for name in ("_dataReceived", "CONFIG_ATTRS"):
         if not hasattr(WebSocketServerProtocol, name):
             found.append(f"WebSocketServerProtocol.{name} is missing")
+    for name in ("dataBuffer", "offset", "disconnecting", "getHandle", "TLS"):
+        if not hasattr(tcp.Server, name):
+            found.append(f"twisted.internet.tcp.Server.{name} is missing")
     try:
         found.extend(_probe_connection())
     except Exception as e:
@@ -251,6 +259,9 @@ class FastSignalingProtocol(SignalingProtocol):
     _fast_limit = 0
     #: Largest outgoing payload written directly.
     _send_limit = 0
+    #: The plain TCP transport and its socket, for sending at once.
+    _tcp: Any = None
+    _socket: Any = None
     _sniffing = True
     _head = b""
 
@@ -266,6 +277,11 @@ class FastSignalingProtocol(SignalingProtocol):
         self._fast_limit = _fast_limit(self)
         if self._fast_limit:
             self._send_limit = self.maxMessagePayloadSize or 0xFFFFFFFF
+            transport = self.transport
+            if (isinstance(transport, tcp.Connection) and not transport.TLS
+                    and hasattr(transport, "_tempDataLen")):
+                self._tcp = transport
+                self._socket = transport.getHandle()
         super().onOpen()
         # A dict never shrinks by deleting keys: rebuild it at its new size.
         self.__dict__ = dict(self.__dict__)
@@ -396,7 +412,20 @@ class FastSignalingProtocol(SignalingProtocol):
             return
         if len(data) <= self._send_limit:
             frames = _frames
-            self.transport.write(frames.frame if data is frames.payload else frames.frame_of(data))
+            frame = frames.frame if data is frames.payload else frames.frame_of(data)
+            connection = self._tcp
+            if (connection is not None and not connection._tempDataLen
+                    and connection.offset == len(connection.dataBuffer)
+                    and not connection.disconnecting):
+                # Nothing waits in Twisted's buffer: send now, buffer the rest.
+                try:
+                    sent = self._socket.send(frame)
+                except OSError:  # full, or broken: Twisted's write path finds out
+                    sent = 0
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
+            self.transport.write(frame)
         else:
             self.sendMessage(data)
         self._check_output(len(data))

@@ -9,6 +9,7 @@ faster than the client sent.
 from __future__ import annotations
 
 import json
+import socket
 
 import jwt
 from twisted.internet import defer, task
@@ -23,6 +24,10 @@ class SlowReader(Client):
 
     def onOpen(self) -> None:
         super().onOpen()
+        # A small receive window, as a phone on a slow link has: what the
+        # server has handed to the kernel but the client has not read stays
+        # small, so a break midway leaves most of a large backlog unsent.
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         self._reading = task.LoopingCall(self._toggle)
         self._paused = False
         self._reading.start(0.02, now=False)

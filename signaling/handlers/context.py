@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from .. import messages as m
@@ -17,7 +17,7 @@ from ..config import ERROR_LOG_BURST, ERROR_LOG_RATE, Config
 from ..events import IServerEvents
 from ..limits import TokenBucket
 from ..logs import log_event, payload_for_log
-from ..maybe import then
+from ..maybe import is_deferred, then
 from ..messages import ProtocolError, encode, error_message
 from ..registry import IRegistry
 from ..session import Session
@@ -123,7 +123,7 @@ class Context:
         barred = [room_id for room_id in session.rooms if not grant.allows_room(room_id)]
         results = [then(self.registry.leave(session, room_id), self._left_barred,
                         session, room_id) for room_id in barred]
-        pending = [result for result in results if isinstance(result, Deferred)]
+        pending = [result for result in results if is_deferred(result)]
         return gatherResults(pending, consumeErrors=True) if pending else None
 
     def _left_barred(self, _: Any, session: Session, room_id: str) -> None:
