@@ -434,14 +434,15 @@ class SlowConsumerTests(ServerTestCase):
             sender.send({"type": "message", "to": "healthy", "payload": sent})
             message = yield healthy.expect("message", skip=("peer-status",))
             self.assertEqual((message["from"], message["payload"]), ("sender", sent))
-        yield wait_for(lambda: slow_session not in self.registry.sessions,
-                       "the slow consumer's session to go")
-        self.assertNotIn("slow", self.registry.peers)
-        self.assertEqual(slow_session.conn.localCloseCode, 1013)
+        yield wait_for(lambda: slow_session.conn.localCloseCode == 1013,
+                       "the server to close the slow consumer")
         # A client that reads again promptly gets the close frame (docs/protocol.md).
         slow.transport.resumeProducing()
         yield slow.wait_closed()
         self.assertEqual(slow.close_code, 1013)
+        yield wait_for(lambda: slow_session not in self.registry.sessions,
+                       "the slow consumer's session to go")
+        self.assertNotIn("slow", self.registry.peers)
         # Everyone else is still served.
         sender.send({"type": "message", "to": "healthy", "payload": "after"})
         message = yield healthy.expect("message", skip=("peer-status",))
