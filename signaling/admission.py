@@ -157,6 +157,7 @@ class GatedFactory:
             slot.release()
             return None
         protocol.slot = slot
+        slot.protocol = protocol
         return protocol
 
     def _refused(self, reason: str, peer: str) -> None:

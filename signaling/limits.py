@@ -269,8 +269,12 @@ class ConnectionGate:
         self._max_connections = max_connections or None
         self._max_per_address = max_per_address or None
         self._addresses = AddressCounter()
-        #: Connections counted now (every slot not yet released).
-        self.open = 0
+        self._slots: set[ConnectionSlot] = set()
+
+    @property
+    def open(self) -> int:
+        """Connections counted now (every slot not yet released)."""
+        return len(self._slots)
 
     def admit(self, host: str) -> "ConnectionSlot | str":
         """
@@ -284,8 +288,16 @@ class ConnectionGate:
             if not self._addresses.acquire(host, self._max_per_address):
                 return "per_ip"
             address = host
-        self.open += 1
-        return ConnectionSlot(self, address)
+        slot = ConnectionSlot(self, address)
+        self._slots.add(slot)
+        return slot
+
+    def abort_all(self) -> None:
+        """Abort every connection still counted (at the end of a shutdown)."""
+        for slot in list(self._slots):
+            transport = getattr(slot.protocol, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
 
     def count(self, address: str) -> int:
         """Open connections counted against ``address``."""
@@ -294,8 +306,9 @@ class ConnectionGate:
     def _count_client(self, address: str) -> bool:
         return self._addresses.acquire(address, self._max_per_address)
 
-    def _release(self, address: str | None) -> None:
-        self.open -= 1
+    def _release(self, slot: "ConnectionSlot") -> None:
+        self._slots.discard(slot)
+        address = slot.address
         if address is not None:
             self._addresses.release(address)
 
@@ -307,14 +320,17 @@ class ConnectionSlot:
 
     :ivar address: the address whose cap the connection counts against
         (None: a trusted proxy's connection, before the handshake).
+    :ivar protocol: the protocol first built for the connection (its
+        ``transport`` is the connection's, whichever protocol owns it now).
     """
 
-    __slots__ = ("_gate", "address", "released")
+    __slots__ = ("_gate", "address", "released", "protocol")
 
     def __init__(self, gate: ConnectionGate, address: str | None) -> None:
         self._gate = gate
         self.address = address
         self.released = False
+        self.protocol: Any = None
 
     def count_client(self, address: str) -> str | None:
         """
@@ -334,4 +350,4 @@ class ConnectionSlot:
         """The connection closed: stop counting it (only the first call counts)."""
         if not self.released:
             self.released = True
-            self._gate._release(self.address)
+            self._gate._release(self)

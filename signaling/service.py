@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -275,14 +275,17 @@ class SignalingService(MultiService):
     def stopService(self) -> Any:
         """
         Drain: ``/ready`` turns 503, listeners stop, every client gets
-        ``server-shutdown`` and a 1001 close, the offline store is flushed
-        and closed; all within ``shutdown_timeout``.
+        ``server-shutdown`` and a 1001 close, then every connection still
+        open (idle HTTP keep-alive ones) is cut; the offline store is
+        flushed and closed; all within ``shutdown_timeout``.
         """
         self.running = False
         self.draining = True
         self.timers.stop()
         yield defer.DeferredList([listener.stopService() for listener in self.listeners])
         yield self._drain()
+        self.gate.abort_all()
+        yield deferLater(self.reactor, 0, lambda: None)  # aborted connections are lost a turn later
         yield self.store.close()
         if self.cluster is not None:
             yield self.cluster.stop()

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, reactor, threads
 
 from certs import PKI, CertFiles
-from helpers import ServerTestCase, pause, record_protocols
+from helpers import ServerTestCase, pause
 from system import unavailable
 
 __all__ = [
@@ -179,19 +179,13 @@ class BrowserTestCase(ServerTestCase):
 
     def start_server(self, **overrides: Any) -> None:
         """
-        Start the server; HTTP connections browsers keep alive are cut at
-        cleanup. The handshake deadline is short: Autobahn keeps even a
-        cancelled handshake timer until it would have fired, and the test's
-        cleanup waits for it.
+        Start the server with a short handshake deadline: Autobahn keeps even
+        a cancelled handshake timer until it would have fired, and the test's
+        cleanup waits for it. (The connections browsers keep alive are cut by
+        the server's own shutdown.)
         """
         overrides.setdefault("handshake_timeout", 1.0)
         super().start_server(**overrides)
-        self.addCleanup(self._cut, record_protocols(self.service.site))
-
-    def _cut(self, channels: list[Any]) -> None:
-        for channel in channels:
-            if channel.transport is not None and channel.transport.connected:
-                channel.transport.abortConnection()
 
     @defer.inlineCallbacks
     def browser(self, name: str = "first") -> Any:

@@ -269,3 +269,19 @@ class DrainTests(ServerTestCase):
         yield stubborn.wait_closed()
         yield stopping
         self.assertEqual(self.registry.sessions, set())
+
+    @defer.inlineCallbacks
+    def test_idle_http_connections_are_cut_at_the_end(self):
+        """
+        A keep-alive HTTP connection that asks nothing during the drain does
+        not outlive the service: an embedding application gets every socket
+        back when ``stopService`` fires.
+        """
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        idle = Agent(reactor, pool=pool)
+        response, _ = yield http_get(self.http + "/health", agent=idle)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.service.gate.open, 1)
+        yield self.service.stopService()
+        self.assertEqual(self.service.gate.open, 0)

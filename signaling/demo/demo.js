@@ -175,7 +175,7 @@ function onJoinSuccess(message) {
   // with an earlier page or connection of ours.
   session = randomId();
   client.sendToRoom(roomId, { type: "hello", session });
-  for (const peerId of message.members) addPeer(peerId);
+  for (const peerId of message.members) addPeer(peerId, true);
   for (const peerId of [...peers.keys()]) {
     if (!message.members.includes(peerId)) removePeer(peerId);
   }
@@ -190,7 +190,12 @@ function onHello(message) {
   if (current) current.session = message.session;
 }
 
-function addPeer(peerId) {
+// The one who joins calls everyone already in the room: its tracks go on
+// the connection at once, so it offers first. Those already there add
+// theirs when that offer arrives, and their answer carries them. Both
+// sides offering at once (glare) is settled by connectPeer, but it costs a
+// rollback, and Chromium sometimes never gathers candidates after one.
+function addPeer(peerId, caller = false) {
   if (peerId === me) return null;
   if (peers.has(peerId)) return peers.get(peerId);
   if (peers.size >= MAX_PARTICIPANTS - 1) {
@@ -207,11 +212,15 @@ function addPeer(peerId) {
     console.warn(`negotiation with ${peerId}`, error);
     eventLog.push({ at: Date.now(), type: "negotiation-error", from: peerId, error: String(error) });
   };
-  if (localStream) {
-    for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
-  } else {
-    pc.addTransceiver("video", { direction: "recvonly" });
-    pc.addTransceiver("audio", { direction: "recvonly" });
+  if (caller) addMedia(pc);
+  else {
+    const onOffer = () => {
+      if (pc.signalingState !== "have-remote-offer") return;
+      pc.removeEventListener("signalingstatechange", onOffer);
+      // Without a camera the answer receives on the offered transceivers.
+      if (localStream) addMedia(pc);
+    };
+    pc.addEventListener("signalingstatechange", onOffer);
   }
   pc.addEventListener("track", (event) => {
     const video = tile.querySelector("video");
@@ -221,6 +230,15 @@ function addPeer(peerId) {
   showState(peer);
   say(peerId, `${peerId} is here`, true);
   return peer;
+}
+
+function addMedia(pc) {
+  if (localStream) {
+    for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
+  } else {
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+  }
 }
 
 function removePeer(peerId) {
