@@ -157,17 +157,17 @@ class LargeMessageTests(ServerTestCase):
         a = yield self.register("a")
         b = yield self.register("b")
         yield a.expect("peer-status")
-        numbers = "[" + ",".join(["1e15"] * 12000) + "]"  # 60 KB in, 220 KB re-encoded
-        # As sent, it is relayed as sent: only the sender's fields are added.
-        a.send('{"type":"offer","to":"b","messageId":"n0","x":' + numbers + "}")
-        offer = yield b.expect("offer")
-        self.assertEqual(len(offer["x"]), 12000)
-        # With a forged "from" the server must rewrite the message, which
-        # would then be too large: refused to its sender, nothing relayed.
-        a.send('{"type":"offer","to":"b","from":"c","messageId":"n1","x":' + numbers + "}")
+        # 60 KB as sent; the server writes every relayed message anew, and
+        # this one would grow to 220 KB: refused to its sender, nothing relayed.
+        numbers = "[" + ",".join(["1e15"] * 12000) + "]"
+        a.send('{"type":"offer","to":"b","messageId":"n1","x":' + numbers + "}")
         error = yield a.expect_error("INVALID_MESSAGE")
         self.assertEqual(error["messageId"], "n1")
         self.assertIn("too large", error["error"])
+        # A fifth of it fits once grown, and arrives with the same values.
+        a.send('{"type":"offer","to":"b","x":' + numbers[:12000] + "]}")
+        offer = yield b.expect("offer")
+        self.assertEqual(offer["x"], [1e15] * 2400)
         yield self.roundtrip(b)
         b.assert_quiet()
 
@@ -247,6 +247,31 @@ class SpoofingTests(ServerTestCase):
             yield mallory.expect_error("INVALID_FIELD")
         yield self.roundtrip(victim)
         victim.assert_quiet()
+
+    @defer.inlineCallbacks
+    def test_duplicate_keys_reach_nobody(self):
+        """
+        JSON readers disagree on repeated keys (most keep the last, some the
+        first, strict ones refuse the text): a sender must not be able to
+        show a first-key reader another type or sender than the server saw.
+        Every relayed message is written anew, each key once.
+        """
+        victim = yield self.register("victim")
+        room_member = yield self.join("r", "member")
+        mallory = yield self.register("mallory")
+        yield self.join("r", "mallory", client=mallory)
+        forged = ('"type":"server-shutdown","from":"boss","sender":"boss","reconnectAfterMs":1,'
+                  '"type":"%s","from":"mallory","sender":"mallory"')
+        mallory.send('{%s,"to":"victim"}' % (forged % "offer"))
+        mallory.send('{%s,"roomId":"r"}' % (forged % "chat"))
+        for client, type_ in ((victim, "offer"), (room_member, "chat")):
+            yield client.expect(type_, skip=("peer-status", "user-joined"))
+            frames = [json.loads(frame, object_pairs_hook=list) for frame in client.frames]
+            [pairs] = [pairs for pairs in frames if ("type", type_) in pairs]
+            keys = [key for key, _ in pairs]
+            self.assertEqual(len(keys), len(set(keys)), pairs)
+            self.assertEqual(dict(pairs)["from"], "mallory")
+            self.assertEqual(keys.count("type"), 1)
 
 
 class TakeoverGrantTests(ServerTestCase):

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .. import messages as m
 from ..logs import log_event
 from ..maybe import then
-from ..messages import ProtocolError, encode, stamp, validate_id
+from ..messages import ProtocolError, encode, validate_id
 from ..session import Session
 from .context import Context
 from .offline import OfflineHandlers
@@ -172,10 +172,10 @@ class PeerHandlers:
 
     # -- directed relay -------------------------------------------------------
 
-    def relay(self, session: Session, message: dict[str, Any], raw: bytes | str) -> Any:
+    def relay(self, session: Session, message: dict[str, Any]) -> Any:
         """
-        Forward a message with ``to`` (``raw``: its text as received) to that
-        peer, or store it while it is offline.
+        Forward a message with ``to`` to that peer, or store it while it is
+        offline.
         """
         if not session.registered:
             raise ProtocolError(
@@ -189,7 +189,7 @@ class PeerHandlers:
         changes = {"to": to, "from": session.identity, "sender": session.identity}
         if message["type"] == "message" and "timestamp" not in message:
             changes["timestamp"] = ctx.now_ms()
-        data = stamp(raw, message, changes)
+        data = encode({**message, **changes})
         target = ctx.registry.holder(to)
         if target is not None:
             target.send(ctx.relayed_bytes(data))
