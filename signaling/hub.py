@@ -151,8 +151,22 @@ class Hub:
             self._peers.announce(session, "online")
 
     def pong(self, session: Session) -> None:
-        """The client answered a heartbeat ping."""
+        """
+        The client showed life without a message: it answered a heartbeat
+        ping, or took what the server had sent (its send buffer drained; a
+        ping queued behind a long backlog reaches it only later).
+        """
         session.alive = True
+
+    def receive_ping(self, session: Session) -> bool:
+        """
+        A WebSocket ping frame from the client: counted by the rate limit
+        like a message. Whether it may be answered.
+        """
+        if not session.open:
+            return False
+        session.alive = True
+        return self._admit(session)
 
     # -- the one way in --------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import unicodedata
 from typing import Any
 
@@ -123,7 +124,22 @@ def _parse_float(text: str) -> float:
     return value
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
+def _parse_int(text: str) -> int:
+    value = int(text) if len(text) <= _MAX_INT_TEXT else None
+    if value is None or not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        raise ValueError(f"number {text[:20]}... is out of range")
+    return value
+
+
+#: The largest finite float: a number beyond it, integer or not, has no
+#: value a JavaScript client could read.
+_FLOAT_MAX = sys.float_info.max
+#: Characters of the longest integer within the float range (sign included).
+_MAX_INT_TEXT = len(str(int(_FLOAT_MAX))) + 1
+
+_decoder = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int
+)
 
 
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)

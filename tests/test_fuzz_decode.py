@@ -260,7 +260,20 @@ class DecodeExampleTests(DecodeContractMixin, SynchronousTestCase):
         huge = "9" * 5000
         for payload in ('{"type":"t","x":%s}' % huge, huge, "-" + huge):
             self.assertDecodeContract(payload)
-        self.assertRoundTrip(decode('{"type":"t","x":%s}' % ("9" * 4000)))
+
+    def test_integers_beyond_the_float_range_are_out_of_range(self):
+        # A JavaScript peer would read them as Infinity; Python's own limit
+        # on long integer text must not show through either.
+        for number in ("1" + "0" * 309, "-" + "9" * 400, "9" * 5000):
+            with self.assertRaises(ProtocolError) as caught:
+                decode('{"type":"t","x":%s}' % number)
+            self.assertEqual(caught.exception.code, INVALID_MESSAGE)
+            self.assertIn("out of range", caught.exception.text)
+            self.assertNotIn("sys.", caught.exception.text)
+        largest = int(sys.float_info.max)
+        self.assertEqual(decode('{"type":"t","x":%d}' % largest)["x"], largest)
+        self.assertEqual(decode('{"type":"t","x":%d}' % 2**64)["x"], 2**64)
+        self.assertRoundTrip(decode('{"type":"t","x":%s}' % ("9" * 300)))
 
     def test_nan_and_infinity_literals(self):
         for literal in ("NaN", "Infinity", "-Infinity"):

@@ -12,9 +12,10 @@ import json
 import socket
 
 import jwt
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from helpers import Client, ServerTestCase, capture_log, wait_for
+from helpers import Client, ServerTestCase, capture_log, pause, wait_for
 
 SECRET = "h" * 32
 
@@ -123,6 +124,130 @@ class BacklogTests(ServerTestCase):
         for _ in range(kept):
             ids.append((yield again.expect("offline-message", timeout=30))["messageId"])
         self.assertEqual(ids, [f"m{i}" for i in range(100 - kept, 100)])
+
+
+class TrickleReader(protocol.Protocol):
+    """
+    A raw WebSocket client that reads at most ``chunk`` bytes every 50 ms
+    straight from its socket (a phone on a slow link), counting the
+    ``offline-message`` frames it got.
+    """
+
+    chunk = 8192
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        self.transport.stopReading()
+        sock = self.transport.getHandle()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        self.transport.write(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self._reading = task.LoopingCall(self._trickle)
+        self._reading.start(0.05)
+
+    def register(self, peer_id: str) -> None:
+        payload = json.dumps({"type": "register", "peerId": peer_id}).encode()
+        self.transport.write(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+
+    def _trickle(self) -> None:
+        try:
+            data = self.transport.getHandle().recv(self.chunk)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.lost = True
+            self._reading.stop()
+            self.transport.abortConnection()
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost = True
+        if self._reading.running:
+            self._reading.stop()
+
+    @property
+    def offline_messages(self) -> int:
+        return self.received.count(b'"type":"offline-message"')
+
+
+class BacklogHeartbeatTests(ServerTestCase):
+    """
+    A peer reading a long backlog slowly is alive, though the server's ping
+    waits behind the backlog and cannot be answered in time.
+    """
+
+    config = BacklogTests.config
+    fill = BacklogTests.fill
+
+    @defer.inlineCallbacks
+    def test_heartbeats_during_a_slow_backlog_do_not_drop_the_reader(self):
+        yield self.fill(10, 40_000)
+        zoe = TrickleReader()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), zoe)
+        yield wait_for(lambda: b"\r\n\r\n" in zoe.received, "the handshake")
+        [session] = [s for s in self.registry.sessions if not s.registered]
+        # A small kernel send buffer: what the reader has not taken waits in
+        # the server's own buffer, as it does on a real slow link.
+        session.conn.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        zoe.register("zoe")
+        for _ in range(60):
+            # A heartbeat sweep every half second of the slow read.
+            self.clock.advance(self.service.config.heartbeat_interval)
+            yield pause(0.5)
+            if zoe.offline_messages == 10 or zoe.lost:
+                break
+        self.assertFalse(zoe.lost, "the reader was dropped")
+        self.assertEqual(zoe.offline_messages, 10)
+        zoe.transport.abortConnection()
+
+
+class PingFloodTests(ServerTestCase):
+    """WebSocket ping frames are messages to the rate limit, and get no pong a client does not read."""
+
+    config = {"rate_limit": 0, "max_send_buffer": 256 * 1024}
+
+    @defer.inlineCallbacks
+    def test_pongs_do_not_pile_up_for_a_client_that_does_not_read(self):
+        client = yield self.register("flooder")
+        server_side = self.registry.identities["flooder"].conn.transport
+        client.transport.pauseProducing()  # reads nothing from now on
+        buffered = []
+
+        def measure():
+            buffered.append(len(server_side.dataBuffer) - server_side.offset
+                            + server_side._tempDataLen)
+
+        sampler = task.LoopingCall(measure)
+        sampler.start(0.01)
+        self.addCleanup(lambda: sampler.running and sampler.stop())
+        for _ in range(40):
+            for _ in range(5000):
+                client.sendPing(b"p" * 125)
+            yield pause(0.02)
+        yield pause(0.5)
+        sampler.stop()
+        # Twisted's buffer pauses the connection's producer past 64 KiB; 20 MB
+        # of pongs were asked for.
+        self.assertLess(max(buffered), 1024 * 1024)
+
+
+
+class PingRateTests(ServerTestCase):
+    @defer.inlineCallbacks
+    def test_ping_frames_count_against_the_rate_limit(self):
+        client = yield self.register("flooder")  # default limits: 100 a second, bursts of 200
+        for _ in range(1000):
+            client.sendPing(b"p")
+        error = yield client.expect_error("RATE_LIMITED")
+        self.assertIn("retryAfterMs", error)
 
 
 class LargeMessageTests(ServerTestCase):

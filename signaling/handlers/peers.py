@@ -10,6 +10,7 @@ from typing import Any, Callable
 from .. import messages as m
 from ..logs import log_event
 from ..maybe import then
+from ..config import MAX_DEVICE_TYPE_LENGTH
 from ..messages import ProtocolError, encode, validate_id
 from ..session import Session
 from .context import Context
@@ -52,8 +53,13 @@ class PeerHandlers:
 
     def _device_fields(self, message: dict[str, Any]) -> tuple[Any, Any]:
         device_type = message.get("deviceType")
-        if device_type is not None and not isinstance(device_type, str):
-            raise ProtocolError(m.INVALID_FIELD, "'deviceType' must be a string")
+        if device_type is not None and (
+            not isinstance(device_type, str) or len(device_type) > MAX_DEVICE_TYPE_LENGTH
+        ):
+            raise ProtocolError(
+                m.INVALID_FIELD,
+                f"'deviceType' must be a string of at most {MAX_DEVICE_TYPE_LENGTH} characters",
+            )
         device_info = message.get("deviceInfo")
         if device_info is not None:
             if not isinstance(device_info, dict):
