@@ -164,6 +164,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         super().onOpenHandshakeTimeout()
 
     def onMessage(self, payload: bytes | str, isBinary: bool) -> None:
+        if self.state != STATE_OPEN:
+            return  # the server is closing the connection: the rest is not read
         if 0 < self.factory.max_message_size < len(payload):
             # A message of several frames, each within the frame limit, that
             # is larger together (Autobahn's own limit is the outgoing one).

@@ -11,7 +11,7 @@ import json
 
 from twisted.internet import defer
 
-from helpers import ServerTestCase
+from helpers import ServerTestCase, capture_log
 from test_public_path import client_frame
 
 
@@ -54,3 +54,15 @@ class CloseTests(ServerTestCase):
         self.assertEqual(received[0], "pong")
         self.assertGreater(len(received), 1)
         self.assertEqual(set(received[1:]), {"error"})
+
+    @defer.inlineCallbacks
+    def test_what_follows_the_close_is_not_read(self):
+        """Once the server closes for the rate limit, later messages are neither answered nor logged."""
+        limits = capture_log(self, lambda e: e.get("event") == "limit")
+        client = yield self.register("alice")
+        big = {"type": "ping", "pad": "p" * 30000}  # past the fast path's read, into Autobahn's
+        for _ in range(3):
+            client.transport.write(frames(*[big] * 20))
+        code, _ = yield client.wait_closed()
+        self.assertEqual(code, 1008)
+        self.assertEqual([e["limit"] for e in limits], ["rate"])
