@@ -197,13 +197,27 @@ def format_json(event: Mapping[str, Any]) -> str:
         "level": _level_name(event),
         "namespace": event.get("log_namespace"),
         "event": event.get("event"),
-        "text": formatEvent(dict(event)),
+        "text": _message(event),
     }
     failure = _failure_of(event)
     if failure is not None:
         record["failure"] = _traceback(failure)
     record.update(_fields(event))
     return _dumps(record) + "\n"
+
+
+def _message(event: Mapping[str, Any]) -> str:
+    """
+    The text of ``event``: the server's own events (plain ``{field}``
+    formats) are formatted directly; anything else, or what that cannot
+    format, as Twisted does.
+    """
+    if "event" in event:
+        try:
+            return event["log_format"].format_map(event)
+        except Exception:
+            pass
+    return formatEvent(dict(event))
 
 
 def format_text(event: Mapping[str, Any]) -> str:
@@ -217,7 +231,7 @@ def format_text(event: Mapping[str, Any]) -> str:
     indented lines.
     """
     level_name = _level_name(event) or "-"
-    text = formatEvent(dict(event)).replace("\n", "\n\t")
+    text = _message(event).replace("\n", "\n\t")
     name = event.get("event")
     if isinstance(name, str):
         text = f"{name}: {text}"

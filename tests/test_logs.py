@@ -254,3 +254,23 @@ class PayloadTests(unittest.TestCase):
              "error", "heartbeat_drop", "limit", "shutdown",
              "worker_start", "worker_ready", "worker_exit", "workers_failed"},
         )
+
+
+class MessageTextTests(unittest.TestCase):
+    """The server's events are formatted directly, with the same text Twisted makes."""
+
+    def test_every_event_reads_as_twisted_formats_it(self):
+        from twisted.logger import formatEvent
+
+        samples = ["alice", None, 7, 0.5, "{braces}", "é 漢字", "x" * 600]
+        for name, (level, log_format) in logs.EVENTS.items():
+            for value in samples:
+                event = {"event": name, "log_format": log_format, "log_level": level,
+                         **{field: value for field in logs._REQUIRED[name]}}
+                self.assertEqual(logs._message(event), formatEvent(dict(event)), (name, value))
+
+    def test_a_format_it_cannot_fill_falls_back_to_twisted(self):
+        from twisted.logger import formatEvent
+
+        event = {"event": "connect", "log_format": "{missing} and {peer}", "peer": "p"}
+        self.assertEqual(logs._message(event), formatEvent(dict(event)))
