@@ -270,7 +270,7 @@ class Hub:
         waiting = session.waiting
         paused = len(waiting) >= self._config.max_waiting_messages
         while waiting and not session.busy and session.open:
-            self._handle(session, waiting.popleft())
+            self._handle(session, waiting.pop(0))
         if paused and session.open and not session.busy:
             session.conn.resume_reading()
 
