@@ -386,7 +386,7 @@ class SqliteStore:
             entry = self._index.make_entry(recipient, message_id, message, now)
         except QueueFull:
             return defer.fail()
-        body = entry.body.decode("ascii")
+        body = entry.body.decode("utf-8")
         seq = self._next_seq
         self._next_seq += 1
         self._index.add(entry)
