@@ -49,9 +49,10 @@ class Grant:
     """
     What a verified token allows.
 
-    :ivar subject: the only id the connection may bind (the ``sub`` claim).
-    :ivar rooms: the room ids and ``prefix*`` patterns it may join, or
-        ``None`` when the token has no ``rooms`` claim (every room).
+    :ivar subject: the only id the connection may bind (the ``sub`` claim,
+        in NFC like every id).
+    :ivar rooms: the room ids and ``prefix*`` patterns it may join (in NFC),
+        or ``None`` when the token has no ``rooms`` claim (every room).
     :ivar expires_at: the ``exp`` claim, or ``None`` when the token does not
         expire.
     """
@@ -94,19 +95,25 @@ def _rooms_claim(claims: Mapping[str, Any]) -> frozenset[str] | None:
     rooms = claims["rooms"]
     if not isinstance(rooms, list):
         raise _unauthorized("malformed token: 'rooms' must be a list of room ids")
+    allowed = set()
     for room in rooms:
         if not isinstance(room, str) or not room:
             raise _unauthorized(
                 "malformed token: 'rooms' entries must be room ids or 'prefix*'"
             )
-        if room != "*":
-            try:
-                validate_id(room[:-1] if room.endswith("*") else room, "rooms")
-            except ProtocolError:
-                raise _unauthorized(
-                    "malformed token: 'rooms' entries must be room ids or 'prefix*'"
-                ) from None
-    return frozenset(rooms)
+        if room == "*":
+            allowed.add(room)
+            continue
+        prefix = room.endswith("*")
+        try:
+            room = validate_id(room[:-1] if prefix else room, "rooms")
+        except ProtocolError:
+            raise _unauthorized(
+                "malformed token: 'rooms' entries must be room ids or 'prefix*'"
+            ) from None
+        # In NFC, as the room ids they are compared with.
+        allowed.add(room + "*" if prefix else room)
+    return frozenset(allowed)
 
 
 class TokenVerifier:
@@ -256,7 +263,7 @@ class TokenVerifier:
         if subject is None:
             raise _unauthorized("token has no 'sub' claim")
         try:
-            validate_id(subject, "sub")
+            subject = validate_id(subject, "sub")  # in NFC, as every id it is compared with
         except ProtocolError as e:
             raise _unauthorized(f"token {e.text}") from None
         return Grant(subject, _rooms_claim(claims), expires_at)

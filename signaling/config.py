@@ -20,6 +20,7 @@ from .redis_url import parse_redis_url
 
 __all__ = [
     "Config",
+    "default_offline_sender_quota",
     "MAX_WORKERS",
     "ENVELOPE_HEADROOM",
     "ERROR_LOG_BURST",
@@ -28,9 +29,13 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_LOGGED_TEXT",
     "MAX_MESSAGE_ID_LENGTH",
+    "MAX_REQUEST_BODY",
+    "MIN_REQUEST_HEAD",
     "MAX_TOKEN_LENGTH",
+    "OFFLINE_SENDER_SHARE",
     "RATE_STRIKES",
     "RATE_STRIKE_WINDOW",
+    "RETRY_AFTER",
 ]
 
 #: Longest peer, user or room id accepted (PROTOCOL section 2).
@@ -67,6 +72,25 @@ MAX_LOGGED_TEXT = 512
 RATE_STRIKES = 20
 RATE_STRIKE_WINDOW = 10.0
 
+#: Without ``--offline-max-bytes-per-sender``, one sender id may hold this
+#: fraction of ``--offline-max-bytes`` (1/10): a flood from one id can never
+#: take the offline store from everyone else.
+OFFLINE_SENDER_SHARE = 10
+
+
+def default_offline_sender_quota(offline_max_bytes: int) -> int:
+    """The per-sender byte quota derived from the store's byte cap (a tenth, at least 1)."""
+    return max(1, offline_max_bytes // OFFLINE_SENDER_SHARE)
+
+#: Bounds of ``--max-request-head`` (a browser's WebSocket handshake needs
+#: about a kilobyte) and of ``--max-request-body`` (a body is held in memory).
+MIN_REQUEST_HEAD = 1024
+MAX_REQUEST_BODY = 1024 * 1024
+
+#: Seconds a client refused over a connection cap is told to wait
+#: (``Retry-After`` of the 503).
+RETRY_AFTER = 10
+
 #: Most worker processes ``--workers`` may start.
 MAX_WORKERS = 256
 #: What a Redis key prefix may hold: no spaces, quotes or glob characters.
@@ -101,6 +125,10 @@ class Config:
     offline_max_bytes: int = 64 * 1024 * 1024
     #: Peers that may have an offline queue at once.
     offline_max_peers: int = 100_000
+    #: Encoded bytes the offline messages of one sender id may take at once;
+    #: None (not given): derived, a tenth of ``offline_max_bytes``. Read the
+    #: value in force from :attr:`offline_sender_quota`.
+    offline_max_bytes_per_sender: int | None = None
     #: Seconds between heartbeat sweeps.
     heartbeat_interval: float = 30.0
     #: Seconds between ``[Stats]`` log lines.
@@ -139,12 +167,19 @@ class Config:
     rate_limit: float = 100.0
     #: Messages one connection may send at once above ``rate_limit``.
     rate_burst: int = 200
-    #: Open WebSocket connections in total (0: no limit).
+    #: Open connections in total, counted from accept (WebSocket, HTTP or
+    #: not yet either; 0: no limit).
     max_connections: int = 50_000
-    #: Open WebSocket connections from one address (0: no limit).
+    #: Open connections from one address, counted from accept (behind a
+    #: trusted proxy: from the handshake, per forwarded address; 0: no limit).
     max_connections_per_ip: int = 256
-    #: Seconds a client has to complete the HTTP/WebSocket opening handshake.
+    #: Seconds a client has to send a complete HTTP request head (the
+    #: WebSocket opening handshake included), and again for a request body.
     handshake_timeout: float = 10.0
+    #: Largest HTTP request head (request line and headers), in bytes.
+    max_request_head: int = 16 * 1024
+    #: Largest HTTP request body, in bytes (the endpoints take none).
+    max_request_body: int = 1024
     #: Unsent bytes one connection may hold before it is closed with 1013.
     max_send_buffer: int = 1024 * 1024
     #: Messages of one connection held back while an earlier request of it
@@ -189,6 +224,8 @@ class Config:
     #: Processes serving the listening sockets (1: this process, no parent).
     workers: int = 1
 
+    #: Serve the demo video-call page at ``/demo/``.
+    demo: bool = True
     @property
     def max_outgoing_size(self) -> int:
         """Largest message the server sends: ``max_message_size`` plus :data:`ENVELOPE_HEADROOM`."""
@@ -207,8 +244,12 @@ class Config:
         for name in ("max_send_buffer", "max_device_info_bytes", "rate_burst",
                      "max_waiting_messages"):
             _check_range(name, getattr(self, name), 1, None)
+        if self.offline_max_bytes_per_sender is not None:
+            _check_range("offline_max_bytes_per_sender", self.offline_max_bytes_per_sender, 1, None)
         for name in ("max_connections", "max_connections_per_ip"):
             _check_range(name, getattr(self, name), 0, None)
+        _check_range("max_request_head", self.max_request_head, MIN_REQUEST_HEAD, None)
+        _check_range("max_request_body", self.max_request_body, 0, MAX_REQUEST_BODY)
         if not isinstance(self.rate_limit, (int, float)) or not 0 <= self.rate_limit < float("inf"):
             raise ValueError("--rate-limit must be a number of messages per second (0: off)")
         if not isinstance(self.reconnect_jitter, (int, float)) or not self.reconnect_jitter >= 0:
@@ -233,6 +274,19 @@ class Config:
                 raise ValueError(f"--allowed-origin {origin!r} is not an origin")
         _check_patterns(self)
         self._check_cluster()
+
+    @property
+    def offline_sender_quota(self) -> int:
+        """
+        The bytes one sender id may have in the offline store at once:
+        ``offline_max_bytes_per_sender`` when given, else a tenth of
+        ``offline_max_bytes`` (:func:`default_offline_sender_quota`). Kept
+        derived rather than filled in, so ``dataclasses.replace`` with
+        another ``offline_max_bytes`` derives it again.
+        """
+        if self.offline_max_bytes_per_sender is not None:
+            return self.offline_max_bytes_per_sender
+        return default_offline_sender_quota(self.offline_max_bytes)
 
     def _check_cluster(self) -> None:
         """The Redis and ``--workers`` settings (the password file is read later)."""

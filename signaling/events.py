@@ -20,7 +20,7 @@ class IServerEvents(Interface):
         """A WebSocket connection closed, for any reason."""
 
     def connection_refused(reason):
-        """A connection was refused at the handshake (``reason``: a short name)."""
+        """A connection was refused before it was a WebSocket (``reason``: a short name)."""
 
     def message_received(type):
         """A message of ``type`` arrived from a client."""

@@ -24,7 +24,6 @@ import random
 from time import perf_counter
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from . import messages as m
@@ -37,7 +36,7 @@ from .handlers.peers import PeerHandlers
 from .handlers.rooms import RoomHandlers
 from .limits import RateLimiter
 from .logs import log_event
-from .maybe import then
+from .maybe import is_deferred, then
 from .messages import ProtocolError, decode
 from .registry import IRegistry, LocalRegistry
 from .session import Session
@@ -139,6 +138,18 @@ class Hub:
         if announce:
             self._peers.announce(session, "offline")
 
+    def announce_again(self, session: Session, rooms: list[str]) -> None:
+        """
+        ``session``'s identity was announced gone while it was not (a
+        clustered registry claimed it again after the other servers had
+        given this one up): announce it again in its rooms and, if it is a
+        registered peer, as online.
+        """
+        for room_id in rooms:
+            self._rooms.announce_joined(session, room_id)
+        if session.registered:
+            self._peers.announce(session, "online")
+
     def pong(self, session: Session) -> None:
         """The client answered a heartbeat ping."""
         session.alive = True
@@ -198,7 +209,7 @@ class Hub:
             if handler is not None:
                 result = handler(session, message)
             else:
-                result = self._relay(session, message)
+                result = self._relay(session, message, payload)
                 self._events.observe_relay_latency(perf_counter() - started)
         except ProtocolError as e:
             self._ctx.refuse(session, e, message)
@@ -206,22 +217,22 @@ class Hub:
         except Exception:
             self._failed(Failure(), session, message)
             return
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             result.addErrback(self._failed, session, message)
             if handler is not None:
                 # Later requests of this session wait until this one is answered.
                 session.busy = True
                 result.addBoth(self._resume, session)
 
-    def _relay(self, session: Session, message: dict[str, Any]) -> Any:
+    def _relay(self, session: Session, message: dict[str, Any], raw: bytes | str) -> Any:
         if message["type"] in m.SERVER_TYPES:
             raise ProtocolError(
                 m.INVALID_FIELD, f"'type' {message['type']!r} is sent only by the server"
             )
         if "roomId" in message:
-            return self._rooms.relay(session, message)
+            return self._rooms.relay(session, message, raw)
         if "to" in message:
-            return self._peers.relay(session, message)
+            return self._peers.relay(session, message, raw)
         raise ProtocolError(
             m.UNKNOWN_MESSAGE_TYPE,
             f"unknown message type {message['type']!r} (relayed messages need 'to' or 'roomId')",
@@ -236,6 +247,8 @@ class Hub:
                 "unhandled error for message type {type!r}", failure, type=message.get("type")
             )
             error = ProtocolError(m.INTERNAL_ERROR, "the server could not handle this message")
+        elif not session.open:
+            return  # refused after the client left (a clustered registry): nobody to tell
         self._ctx.refuse(session, error, message)
 
     def _resume(self, _: Any, session: Session) -> None:
@@ -289,6 +302,7 @@ class Hub:
             "offlineQueued": self._ctx.offline_queued,
             "offlineStored": self._store.count,
             "offlineBytes": self._store.total_bytes,
+            "offlineQuarantined": self._store.quarantined,
         }
 
     def log_stats(self) -> None:

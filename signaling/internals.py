@@ -4,15 +4,20 @@ The one door to Autobahn's and Twisted's private internals.
 Everything in this module reads or writes state that is not part of a public
 API, for speed and memory (``docs/performance.md``):
 
-- connections start in the WebSocket protocol, and a request head without
-  an upgrade is handed to the HTTP site (an upgrade is parsed once, not
-  twice);
+- connections start in the WebSocket protocol, and a request head that is
+  not a plain WebSocket upgrade (no upgrade, a body, too large, or not
+  complete in time) is handed to the HTTP site, which answers or refuses it
+  as it does on the public path (an upgrade is parsed once, not twice);
 - complete small masked data frames are parsed here instead of by
   Autobahn's per-frame Python code, and server frames are written straight
   to the transport, framed once per fan-out;
 - Autobahn's options live on the protocol class instead of being copied
   into every connection, and its handshake leftovers are dropped once open;
-- Autobahn's eager debug formatting is made lazy.
+- Autobahn's eager debug formatting is made lazy;
+- a frame for a plain TCP connection whose Twisted send buffer is empty is
+  sent on the socket at once, instead of waiting in the buffer for the
+  reactor's next write round (which costs two more system calls to watch
+  the socket for writability, and a reactor turn).
 
 :func:`available` checks, once per process, the installed versions and
 every attribute used here. When anything is not as tested it logs one
@@ -34,14 +39,14 @@ import autobahn.twisted.websocket as _autobahn_twisted
 import autobahn.websocket.protocol as _autobahn_protocol
 import twisted
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
-from .websocket import STATE_OPEN, SignalingFactory, SignalingProtocol
+from .websocket import STATE_OPEN, SignalingFactory, SignalingProtocol, hand_over
 
 __all__ = [
     "TESTED_VERSIONS",
@@ -60,8 +65,8 @@ _log = Logger()
 
 #: An ``Upgrade`` header naming websocket, in a request head.
 _UPGRADE_WEBSOCKET = re.compile(rb"\r\nupgrade:[^\r\n]*websocket", re.IGNORECASE)
-#: Longest request head looked at before Autobahn is left to refuse it.
-_MAX_HEAD = 16 * 1024
+#: A header announcing a body: a Content-Length above 0, or a Transfer-Encoding.
+_BODY = re.compile(rb"\r\n(?:content-length:[ \t]*0*[1-9]|transfer-encoding:)", re.IGNORECASE)
 _NO_MASK = b"\x00\x00\x00\x00"
 
 #: Handshake leftovers Autobahn keeps on the protocol for its test suite;
@@ -127,6 +132,9 @@ def problems() -> list[str]:
     for name in ("_dataReceived", "CONFIG_ATTRS"):
         if not hasattr(WebSocketServerProtocol, name):
             found.append(f"WebSocketServerProtocol.{name} is missing")
+    for name in ("dataBuffer", "offset", "disconnecting", "getHandle", "TLS"):
+        if not hasattr(tcp.Server, name):
+            found.append(f"twisted.internet.tcp.Server.{name} is missing")
     try:
         found.extend(_probe_connection())
     except Exception as e:
@@ -251,6 +259,9 @@ class FastSignalingProtocol(SignalingProtocol):
     _fast_limit = 0
     #: Largest outgoing payload written directly.
     _send_limit = 0
+    #: The plain TCP transport and its socket, for sending at once.
+    _tcp: Any = None
+    _socket: Any = None
     _sniffing = True
     _head = b""
 
@@ -266,6 +277,11 @@ class FastSignalingProtocol(SignalingProtocol):
         self._fast_limit = _fast_limit(self)
         if self._fast_limit:
             self._send_limit = self.maxMessagePayloadSize or 0xFFFFFFFF
+            transport = self.transport
+            if (isinstance(transport, tcp.Connection) and not transport.TLS
+                    and hasattr(transport, "_tempDataLen")):
+                self._tcp = transport
+                self._socket = transport.getHandle()
         super().onOpen()
         # A dict never shrinks by deleting keys: rebuild it at its new size.
         self.__dict__ = dict(self.__dict__)
@@ -298,38 +314,56 @@ class FastSignalingProtocol(SignalingProtocol):
 
     def _sniff(self, data: bytes) -> bytes | None:
         """
-        Wait for the request head; a WebSocket upgrade stays here (Autobahn
-        parses it once), anything else is handed to the HTTP site. Returns
-        the bytes for Autobahn, or None while waiting or once handed over.
+        Wait for the request head, up to ``--max-request-head`` bytes. A
+        plain WebSocket upgrade (no body) stays here (Autobahn parses it
+        once); anything else, an oversized head included, is handed to the
+        HTTP site, which answers or refuses it. Returns the bytes for
+        Autobahn, or None while waiting or once handed over.
         """
+        seen = len(self._head)
         head = self._head + data
-        end = head.find(b"\r\n\r\n")
-        if end < 0 and len(head) <= _MAX_HEAD:
+        end = head.find(b"\r\n\r\n", max(0, seen - 3))
+        limit = self.factory.requests.max_head
+        if end < 0 and len(head) <= limit:
             self._head = head
             return None
         self._sniffing = False
         self._head = b""
-        if end >= 0 and _UPGRADE_WEBSOCKET.search(head, 0, end + 2) is None:
-            self._become_http(head)
-            return None
-        return head
+        if (
+            0 <= end <= limit - 4
+            and _UPGRADE_WEBSOCKET.search(head, 0, end + 2) is not None
+            and _BODY.search(head, 0, end + 2) is None
+        ):
+            return head
+        self._become_http(head)
+        return None
 
-    def _become_http(self, head: bytes) -> None:
-        """Give the connection, and the bytes read so far, to an HTTP channel."""
+    def onOpenHandshakeTimeout(self) -> None:
+        if self._sniffing:
+            # The head did not come in time: the HTTP site answers that too.
+            self.openHandshakeTimeoutCall = None
+            self._sniffing = False
+            head, self._head = self._head, b""
+            self._become_http(head).request_timed_out()
+            return
+        super().onOpenHandshakeTimeout()
+
+    def _become_http(self, head: bytes) -> Any:
+        """
+        Give the connection, its slot and the bytes read so far to an HTTP
+        channel of the site; returns the channel.
+        """
         if self.openHandshakeTimeoutCall is not None:
             self.openHandshakeTimeoutCall.cancel()
             self.openHandshakeTimeoutCall = None
         self.factory.countConnections -= 1
         transport = self.transport
         channel = self.factory.http_site.buildProtocol(transport.getPeer())
-        if isinstance(transport, ProtocolWrapper):
-            transport.wrappedProtocol = channel
-        elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-            transport.protocol.wrappedProtocol = channel
-        else:
-            transport.protocol = channel
-        channel.makeConnection(transport)
-        channel.dataReceived(head)
+        channel.slot, self.slot = self.slot, None
+        hand_over(transport, channel)
+        if head:
+            channel.dataReceived(head)
+        return channel
 
     def _fast_frames(self, buf: bytes) -> bytes:
         """Handle the leading simple frames of ``buf``; return the rest."""
@@ -378,7 +412,20 @@ class FastSignalingProtocol(SignalingProtocol):
             return
         if len(data) <= self._send_limit:
             frames = _frames
-            self.transport.write(frames.frame if data is frames.payload else frames.frame_of(data))
+            frame = frames.frame if data is frames.payload else frames.frame_of(data)
+            connection = self._tcp
+            if (connection is not None and not connection._tempDataLen
+                    and connection.offset == len(connection.dataBuffer)
+                    and not connection.disconnecting):
+                # Nothing waits in Twisted's buffer: send now, buffer the rest.
+                try:
+                    sent = self._socket.send(frame)
+                except OSError:  # full, or broken: Twisted's write path finds out
+                    sent = 0
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
+            self.transport.write(frame)
         else:
             self.sendMessage(data)
         self._check_output(len(data))

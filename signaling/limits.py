@@ -8,8 +8,9 @@ injected clock. (The limits' values have their one home in
   ``RATE_LIMITED`` must be closed (1008).
 - :class:`RateLimiter` combines both into one decision per message.
 - :class:`AddressCounter` caps open connections per source address.
-- :class:`ConnectionGate` decides at the handshake whether a connection may
-  open (origin allow-list, total and per-address caps).
+- :class:`ConnectionGate` counts every connection from accept against the
+  total and per-address caps (one :class:`ConnectionSlot` each), and holds
+  the handshake's policies (origin allow-list, trusted proxies).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "AbuseTracker",
     "AddressCounter",
     "ConnectionGate",
+    "ConnectionSlot",
     "Clock",
     "RateDecision",
     "RateLimiter",
@@ -243,8 +245,17 @@ class AddressCounter:
 
 class ConnectionGate:
     """
-    Decides at the handshake whether a connection may open: origin
-    allow-list, total and per-address connection caps (0: no cap).
+    Counts open connections against the total and per-address caps (0: no
+    cap), from accept to close, whatever they turn out to be (WebSocket,
+    HTTP, nothing yet); and holds the policies the WebSocket handshake
+    applies (``origins``, ``proxies``).
+
+    Per-address counting: a connection from an address that is not a
+    trusted proxy counts against that address's cap from accept on. A
+    connection from a trusted proxy counts only against the total at
+    accept (its client is not known before the request head); at the
+    WebSocket handshake it counts against the cap of the client address
+    the proxy forwarded (:meth:`ConnectionSlot.count_client`).
     """
 
     def __init__(self, origins: Any, proxies: Any, max_connections: int,
@@ -258,18 +269,85 @@ class ConnectionGate:
         self._max_connections = max_connections or None
         self._max_per_address = max_per_address or None
         self._addresses = AddressCounter()
-        self.open = 0
+        self._slots: set[ConnectionSlot] = set()
 
-    def acquire(self, address: str) -> str | None:
-        """Count a connection from ``address``; the refusal reason if it may not open."""
+    @property
+    def open(self) -> int:
+        """Connections counted now (every slot not yet released)."""
+        return len(self._slots)
+
+    def admit(self, host: str) -> "ConnectionSlot | str":
+        """
+        Count a connection just accepted from ``host``: its slot, or the
+        reason it may not stay (``"max_connections"``, ``"per_ip"``).
+        """
         if self._max_connections is not None and self.open >= self._max_connections:
             return "max_connections"
-        if not self._addresses.acquire(address, self._max_per_address):
+        address: str | None = None
+        if not self.proxies.trusts(host):
+            if not self._addresses.acquire(host, self._max_per_address):
+                return "per_ip"
+            address = host
+        slot = ConnectionSlot(self, address)
+        self._slots.add(slot)
+        return slot
+
+    def abort_all(self) -> None:
+        """Abort every connection still counted (at the end of a shutdown)."""
+        for slot in list(self._slots):
+            transport = getattr(slot.protocol, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+
+    def count(self, address: str) -> int:
+        """Open connections counted against ``address``."""
+        return self._addresses.count(address)
+
+    def _count_client(self, address: str) -> bool:
+        return self._addresses.acquire(address, self._max_per_address)
+
+    def _release(self, slot: "ConnectionSlot") -> None:
+        self._slots.discard(slot)
+        address = slot.address
+        if address is not None:
+            self._addresses.release(address)
+
+
+class ConnectionSlot:
+    """
+    One connection as :class:`ConnectionGate` counts it, from accept until
+    :meth:`release`, which only the first call does.
+
+    :ivar address: the address whose cap the connection counts against
+        (None: a trusted proxy's connection, before the handshake).
+    :ivar protocol: the protocol first built for the connection (its
+        ``transport`` is the connection's, whichever protocol owns it now).
+    """
+
+    __slots__ = ("_gate", "address", "released", "protocol")
+
+    def __init__(self, gate: ConnectionGate, address: str | None) -> None:
+        self._gate = gate
+        self.address = address
+        self.released = False
+        self.protocol: Any = None
+
+    def count_client(self, address: str) -> str | None:
+        """
+        At the WebSocket handshake: count the connection against the cap
+        of its client ``address`` (the one a trusted proxy forwarded), unless
+        it already counts against an address. The refusal reason
+        (``"per_ip"``) when that cap is full, else None.
+        """
+        if self.address is not None or self.released:
+            return None
+        if not self._gate._count_client(address):
             return "per_ip"
-        self.open += 1
+        self.address = address
         return None
 
-    def release(self, address: str) -> None:
-        """Forget a connection counted by :meth:`acquire`."""
-        self.open -= 1
-        self._addresses.release(address)
+    def release(self) -> None:
+        """The connection closed: stop counting it (only the first call counts)."""
+        if not self.released:
+            self.released = True
+            self._gate._release(self)

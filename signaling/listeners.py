@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .config import Config
-from .tls import tls_server_factory
+from .tls import ssl_description_options, tls_server_factory
 
 __all__ = [
     "InheritedEndpoint",
@@ -271,14 +271,20 @@ class InheritedSockets:
         """
         The endpoint serving listener number ``index`` (``spec``) on its
         inherited socket. ``tls`` is the ``--tls-cert`` context factory, used
-        by the ``--port`` listener; an ``ssl:`` or ``tls:`` description
-        brings its own, read by Twisted's parser as without workers.
+        by the ``--port`` listener; an ``ssl:`` description brings its own,
+        loaded as without workers, and a ``tls:`` one is read by Twisted's
+        parser.
         """
         fd = self.fds[index]
         if spec.description is None:
             return InheritedEndpoint(reactor, fd, tls)
-        if _kind(spec.description) == "systemd":
+        kind = _kind(spec.description)
+        if kind == "systemd":
             return InheritedEndpoint(reactor, fd)
+        if kind == "ssl":
+            # Loaded as without workers (tls.listen_endpoint): the whole
+            # chain and the ALPN answer browsers need.
+            return InheritedEndpoint(reactor, fd, ssl_description_options(spec.description))
         return _ParsedInheritedEndpoint(reactor, fd, spec.description)
 
 

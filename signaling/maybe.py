@@ -10,7 +10,16 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 
-__all__ = ["then"]
+__all__ = ["is_deferred", "then"]
+
+
+def is_deferred(result: Any) -> bool:
+    """
+    Whether ``result`` is a Deferred. (``isinstance`` alone goes through
+    the slow abstract-class check, Deferred being an ``Awaitable``, for
+    every plain result on the hot path.)
+    """
+    return result is not None and (type(result) is Deferred or isinstance(result, Deferred))
 
 
 def then(result: Any, callback: Callable[..., Any], *args: Any) -> Any:
@@ -20,6 +29,6 @@ def then(result: Any, callback: Callable[..., Any], *args: Any) -> Any:
     Returns what the callback returns, or a Deferred of it: synchronous
     results stay synchronous, so the in-process path allocates no Deferred.
     """
-    if isinstance(result, Deferred):
+    if is_deferred(result):
         return result.addCallback(callback, *args)
     return callback(result, *args)

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from typing import Any
+
+import orjson
 
 from .config import MAX_ID_LENGTH, MAX_JSON_DEPTH as MAX_DEPTH, MAX_MESSAGE_ID_LENGTH
 
@@ -20,7 +24,10 @@ __all__ = [
     "encode",
     "error_message",
     "offline_delivery",
+    "stamp",
     "validate_id",
+    "is_unicode",
+    "lone_surrogate_field",
     "client_message_id",
     "CONTROL_TYPES",
     "RELAYED_TYPES",
@@ -137,51 +144,87 @@ _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii
 _ascii_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
-def _make_fast_encoder() -> Any:
-    """
-    The C encoder ``_encoder.encode`` builds on every call, built once: the
-    same output and errors (non-finite floats refused), minus the circular
-    reference bookkeeping, which decoded and hub-built messages never need.
-    ``None`` without the C accelerator.
-    """
-    try:
-        from json.encoder import c_encode_basestring, c_make_encoder
+_fast_loads = orjson.loads
+_fast_dumps = orjson.dumps
 
-        if c_make_encoder is None or c_encode_basestring is None:
-            return None
-        return c_make_encoder(
-            None, _encoder.default, c_encode_basestring, None, ":", ",", False, False, False
-        )
-    except (ImportError, TypeError):
-        return None
+#: Floats at least this large may be integers of more than 64 bits that
+#: orjson read as floats.
+_HUGE = 2.0 ** 63
 
 
-_fast_encoder = _make_fast_encoder()
+def _holds_huge_float(message: dict[str, Any]) -> bool:
+    """Whether ``message`` holds a float of :data:`_HUGE` or more, at any depth."""
+    stack: list[Any] = [message]
+    while stack:
+        node = stack.pop()
+        for value in node.values() if type(node) is dict else node:
+            kind = type(value)
+            if kind is float:
+                if value >= _HUGE or value <= -_HUGE:
+                    return True
+            elif kind is dict or kind is list:
+                stack.append(value)
+    return False
 
 
 def decode(payload: bytes | str) -> dict[str, Any]:
     """
     Parse one frame into a message dict.
 
+    ``payload`` is the frame's bytes, or its text decoded from UTF-8 (as both
+    WebSocket layers hand it over). The fast parser (orjson) reads almost
+    every message; what it refuses, and the rare message whose integers it
+    would read inexactly, is read again by the standard parser, whose
+    refusals name the problem (:func:`_decode_exactly`).
+
     :raises ProtocolError: ``INVALID_MESSAGE`` when the payload is not UTF-8,
-        not JSON, not an object, or has no string ``type``.
+        not JSON, not an object, or has no string ``type``; ``INVALID_FIELD``
+        naming the field when a string (a value or a key, at any depth) holds
+        a lone surrogate, which is not Unicode text and could be neither
+        stored nor sent as UTF-8. Escaped surrogate pairs are one character
+        and welcome.
     """
-    if isinstance(payload, (bytes, bytearray, memoryview)):
+    if type(payload) is not str:
         try:
             payload = bytes(payload).decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(INVALID_MESSAGE, "message is not valid UTF-8")
+    try:
+        message = _fast_loads(payload)
+    except orjson.JSONDecodeError:
+        return _decode_exactly(payload)
+    # orjson refused any lone surrogate already. It reads an integer of more
+    # than 64 bits as a float, which the standard parser keeps exact.
+    if type(message) is dict and _holds_huge_float(message):
+        return _decode_exactly(payload)
+    return _checked(payload, message)
+
+
+def _decode_exactly(payload: str) -> dict[str, Any]:
+    """:func:`decode` with the standard parser: exact integers, errors that say why."""
     try:
         message = _decoder.decode(payload)
     except RecursionError:
         raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
     except ValueError as e:
         raise ProtocolError(INVALID_MESSAGE, f"message is not valid JSON: {e}")
-    if not isinstance(message, dict):
+    message = _checked(payload, message)
+    if _SURROGATE_ESCAPE.search(payload) is not None:
+        where = lone_surrogate_field(message)
+        if where is not None:
+            raise ProtocolError(
+                INVALID_FIELD, f"{where} must be valid Unicode text (it holds a lone surrogate)"
+            )
+    return message
+
+
+def _checked(payload: str, message: Any) -> dict[str, Any]:
+    """``message`` if it is an object with a string ``type``, nested at most :data:`MAX_DEPTH`."""
+    if type(message) is not dict:
         raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
     if _too_deep(payload, message):
         raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
-    if not isinstance(message.get("type"), str):
+    if type(message.get("type")) is not str:
         raise ProtocolError(INVALID_MESSAGE, "message needs a string field 'type'")
     return message
 
@@ -190,15 +233,41 @@ def encode(message: dict[str, Any]) -> bytes:
     """
     Serialize a message for the wire: compact JSON in UTF-8, characters
     written as themselves (a ``\\uXXXX`` escape would make non-Latin text up
-    to three times larger). A string that is not valid Unicode (a lone
-    surrogate) cannot be UTF-8; such a message is written with escapes.
+    to three times larger), by the fast encoder (orjson). What it cannot
+    write (an integer of more than 64 bits, a lone surrogate, which cannot
+    be UTF-8) the standard encoder writes exactly, a lone surrogate as an
+    escape. Messages never hold non-finite numbers: :func:`decode` refuses
+    them.
     """
     try:
-        if _fast_encoder is not None and type(message) is dict:
-            return "".join(_fast_encoder(message, 0)).encode("utf-8")
-        return _encoder.encode(message).encode("utf-8")
-    except UnicodeEncodeError:
-        return _ascii_encoder.encode(message).encode("ascii")
+        return _fast_dumps(message)
+    except TypeError:
+        try:
+            return _encoder.encode(message).encode("utf-8")
+        except UnicodeEncodeError:
+            return _ascii_encoder.encode(message).encode("ascii")
+
+
+def stamp(raw: bytes | str, message: dict[str, Any], changes: dict[str, Any]) -> bytes:
+    """
+    ``message`` with the fields of ``changes`` set (``from``, ``sender``, a
+    timestamp, ids as the server spells them), encoded, from ``raw``, the
+    text it was decoded from: when no field of ``changes`` is already there
+    with another value, the missing ones are appended to the raw text instead
+    of encoding the whole message again (every field the client sent stays
+    as it sent it). The result is the same JSON object as
+    ``encode({**message, **changes})`` either way.
+    """
+    tail = []
+    for key, value in changes.items():
+        if key not in message:
+            tail.append(b'"%s":%s' % (key.encode(), _fast_dumps(value)))
+        elif message[key] != value:
+            return encode({**message, **changes})
+    data = raw.encode() if type(raw) is str else bytes(raw)
+    if not tail:
+        return data
+    return b"%s,%s}" % (data.rstrip(b" \t\n\r")[:-1], b",".join(tail))
 
 
 def offline_delivery(
@@ -217,13 +286,19 @@ def offline_delivery(
 
 def validate_id(value: Any, field: str) -> str:
     """
-    Check a peer, user or room id and return it.
+    Check a peer, user or room id and return it in Unicode normalization
+    form NFC, the one form the server compares, stores and sends: ``josé``
+    typed with a precomposed ``é`` and with ``e`` plus a combining accent is
+    one id. The length limit counts the normalized characters.
 
     :raises ProtocolError: ``INVALID_FIELD`` naming ``field`` when the id is
-        missing, not a string, empty, too long or holds control characters.
+        missing, not a string, empty, too long or holds control characters
+        (or a lone surrogate).
     """
     if not isinstance(value, str) or not value:
         raise ProtocolError(INVALID_FIELD, f"'{field}' must be a non-empty string")
+    if not value.isascii():  # ASCII text is always in NFC
+        value = unicodedata.normalize("NFC", value)
     if len(value) > MAX_ID_LENGTH:
         raise ProtocolError(
             INVALID_FIELD, f"'{field}' must be at most {MAX_ID_LENGTH} characters"
@@ -275,3 +350,72 @@ def client_message_id(message: dict[str, Any]) -> str | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
     return None
+
+
+# -- Unicode checks of decoded strings ----------------------------------------
+
+#: The JSON escape of a UTF-16 surrogate (``\\uD800`` to ``\\uDFFF``, any case).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+#: Longest key name quoted in an error that names a field.
+_NAME_LIMIT = 32
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: no lone surrogate, so UTF-8 can hold it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def lone_surrogate_field(message: dict[str, Any]) -> str | None:
+    """
+    Where ``message`` holds a string that is not valid Unicode (see
+    :func:`is_unicode`), as words for an error text: ``'messageId'``,
+    ``'payload.items[2]'``, or ``the key 'payload.?'`` (a bad key, its
+    surrogates shown as U+FFFD, see :func:`_key_name`); ``None`` when every
+    string and key is valid.
+    """
+    # A trail is (parent trail, key or index): the path is spelled out only
+    # for the string that fails.
+    stack: list[tuple[Any, Any]] = [(message, None)]
+    while stack:
+        node, trail = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(key, str) and not is_unicode(key):
+                return f"the key '{_path((trail, key))}'"
+            if isinstance(value, str):
+                if not is_unicode(value):
+                    return f"'{_path((trail, key))}'"
+            elif isinstance(value, (dict, list)):
+                stack.append((value, (trail, key)))
+    return None
+
+
+def _path(trail: Any) -> str:
+    """``(((None, 'a'), 2), 'b')`` as ``a[2].b``, each key as :func:`_key_name` shows it."""
+    parts = []
+    while trail is not None:
+        trail, key = trail
+        parts.append(f"[{key}]" if isinstance(key, int) else _key_name(key))
+    text = ""
+    for part in reversed(parts):
+        text += part if part.startswith("[") or not text else "." + part
+    return text
+
+
+def _key_name(key: str) -> str:
+    """
+    A key as an error text (and a log line) can quote it: long keys cut,
+    surrogates and other characters that are not printable shown as U+FFFD.
+    """
+    if len(key) > _NAME_LIMIT:
+        key = key[:_NAME_LIMIT] + "\u2026"
+    if key.isprintable():
+        return key
+    return "".join(c if c.isprintable() else "\ufffd" for c in key)

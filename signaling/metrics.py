@@ -55,9 +55,11 @@ KNOWN_MESSAGE_TYPES = messages.RELAYED_TYPES | messages.CONTROL_TYPES
 #: Error codes that get their own ``code`` label value; the rest is "other".
 KNOWN_ERROR_CODES = messages.ERROR_CODES
 
-#: Reasons a connection is refused at the handshake; the rest is "other".
+#: Reasons a connection is refused before it is a WebSocket (at accept, at
+#: the handshake, or for its HTTP request); the rest is "other".
 REFUSAL_REASONS = frozenset(
-    {"max_connections", "per_ip", "origin", "auth", "handshake_timeout"}
+    {"max_connections", "per_ip", "origin", "auth", "handshake_timeout",
+     "head_too_large", "body_too_large", "body_timeout"}
 )
 
 #: Relay latency buckets in seconds, from 50 microseconds to one second.
@@ -84,10 +86,18 @@ NAMESPACE = "signaling"
 #: Live gauges read at scrape time: name -> (key in the server's stats, help text).
 _LIVE_GAUGES = {
     "connections": ("connections", "Open WebSocket connections now, registered or not."),
+    "sockets": (
+        "sockets",
+        "Open connections now, WebSocket, HTTP or neither yet: what --max-connections counts.",
+    ),
     "rooms": ("rooms", "Rooms that exist now."),
     "peers": ("peers", "Registered peers now."),
     "offline_messages": ("offlineStored", "Messages in the offline store now."),
     "offline_bytes": ("offlineBytes", "Bytes of message data in the offline store now."),
+    "offline_quarantined": (
+        "offlineQuarantined",
+        "Rows of the offline store set aside at start because they could not be read.",
+    ),
 }
 
 _log = Logger()
@@ -241,7 +251,7 @@ class Metrics:
         )
         refused = Counter(
             "connections_refused",
-            "Connections refused at the handshake, by reason.",
+            "Connections refused before they were WebSocket connections, by reason.",
             ["reason"],
             namespace=NAMESPACE,
             registry=reg,
@@ -289,7 +299,7 @@ class Metrics:
         self._closed.inc()
 
     def connection_refused(self, reason: str) -> None:
-        """Count one refused handshake; see :data:`REFUSAL_REASONS`."""
+        """Count one refused connection; see :data:`REFUSAL_REASONS`."""
         self._refused.get(reason, self._refused_other).inc()
 
     def message_received(self, type: str) -> None:
@@ -329,8 +339,8 @@ class Metrics:
         """
         Give the live gauges their source: ``stats()`` returns the server's
         counters (``connections``, ``rooms``, ``peers``, ``offlineStored``,
-        ``offlineBytes``), read once per scrape; a gauge whose key is absent
-        is not exported.
+        ``offlineBytes``) and the open sockets (``sockets``), read once per
+        scrape; a gauge whose key is absent is not exported.
         """
         self._live.stats = stats
 

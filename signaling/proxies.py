@@ -31,7 +31,10 @@ class ProxyPolicy:
                 raise ValueError(f"--trusted-proxy {entry!r} is not an IP address or network")
         self._networks = tuple(networks)
 
-    def _trusted(self, address: str) -> bool:
+    def trusts(self, address: str) -> bool:
+        """Whether ``address`` is one of the trusted proxies."""
+        if not self._networks:
+            return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -40,11 +43,11 @@ class ProxyPolicy:
 
     def client_address(self, peer_host: str, forwarded_for: str | None) -> str:
         """The client's address for a TCP peer and its ``X-Forwarded-For`` header."""
-        if not self._networks or not forwarded_for or not self._trusted(peer_host):
+        if not self._networks or not forwarded_for or not self.trusts(peer_host):
             return peer_host
         hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
         for hop in reversed(hops):
-            if not self._trusted(hop):
+            if not self.trusts(hop):
                 try:
                     return str(ipaddress.ip_address(hop))
                 except ValueError:

@@ -33,7 +33,7 @@ from .messages import ProtocolError, encode
 from .session import Session
 from .store import IOfflineStore
 
-__all__ = ["IRegistry", "LocalRegistry", "PeersPage"]
+__all__ = ["IRegistry", "LocalRegistry", "PeersPage", "send_all"]
 
 
 class PeersPage:
@@ -77,9 +77,7 @@ class IRegistry(Interface):
         Bind ``identity`` to ``session`` for good (global). Taking an identity
         over from another session moves that session's registration and rooms
         to ``session`` and marks it replaced; the replaced session (when on
-        this server) is returned for the caller to close, else None. Rooms
-        the newcomer's grant does not allow are left instead: the replaced
-        session's ``rooms`` then names them, for the caller to announce.
+        this server) is returned for the caller to close, else None.
 
         :raises ProtocolError: ``IDENTITY_MISMATCH`` (the session holds
             another id), ``FORBIDDEN`` (the holder is authenticated and
@@ -116,17 +114,25 @@ class IRegistry(Interface):
         at most once); returns how many members on this server got it.
         """
 
+    def send_member(room_id, identity, data):
+        """
+        Send ``data`` to member ``identity`` of ``room_id`` on another server
+        (global; :meth:`room_member` found no such member on this one).
+        Returns True when it was delivered, False when ``identity`` is not a
+        member of ``room_id`` (or a Deferred of either).
+        """
+
     def send_peers(data, exclude):
         """
         Send ``data`` to every registered peer but ``exclude`` (global, at
         most once); returns how many on this server got it.
         """
 
-    def route(identity, message_id, message, sender, now):
+    def route(identity, message_id, data, sender, now):
         """
-        Deliver ``message`` (a dict) to ``identity``, which has no session on
-        this server: where it is held, or else into the offline store under
-        ``message_id`` (global). Returns a Deferred firing with True when it was
+        Deliver ``data`` (the encoded message as ``identity`` receives it) to
+        ``identity``, which has no session on this server: where it is held,
+        or else into the offline store under ``message_id`` (global). Returns a Deferred firing with True when it was
         delivered, False when it was stored; it fails with
         :class:`~signaling.store.QueueFull` when it could not be stored.
         """
@@ -224,17 +230,10 @@ class LocalRegistry:
         new.registered_seq = old.registered_seq
         if old.registered:
             self.peers[identity] = new
-        grant = new.grant
-        left = set()
         for room_id in old.rooms:
-            if grant is None or grant.allows_room(room_id):
-                self.rooms[room_id][identity] = new
-                new.rooms.add(room_id)
-            else:
-                left.add(room_id)
-        for room_id in left:
-            self._remove_member(identity, room_id)
-        old.rooms = left
+            self.rooms[room_id][identity] = new
+        new.rooms |= old.rooms
+        old.rooms = set()
         old.registered = False
         old.replaced = True
 
@@ -298,14 +297,17 @@ class LocalRegistry:
 
     def send_room(self, room_id: str, data: bytes, exclude: Session | None) -> int:
         members = self.rooms.get(room_id)
-        return 0 if members is None else _send_all(members.values(), data, exclude)
+        return 0 if members is None else send_all(members.values(), data, exclude)
+
+    def send_member(self, room_id: str, identity: str, data: bytes) -> bool:
+        return False  # there is no other server
 
     def send_peers(self, data: bytes, exclude: Session | None) -> int:
-        return _send_all(self.peers.values(), data, exclude)
+        return send_all(self.peers.values(), data, exclude)
 
-    def route(self, identity: str, message_id: str, message: dict[str, Any],
+    def route(self, identity: str, message_id: str, data: bytes,
               sender: str | None, now: float) -> Any:
-        return self._store.enqueue(identity, message_id, message, now, sender).addCallback(
+        return self._store.enqueue(identity, message_id, data, now, sender).addCallback(
             lambda _: False
         )
 
@@ -336,7 +338,7 @@ def encode_id(identity: str) -> bytes:
     return encode({"": identity})[4:-1]
 
 
-def _send_all(sessions: Iterable[Session], data: bytes, exclude: Session | None) -> int:
+def send_all(sessions: Iterable[Session], data: bytes, exclude: Session | None) -> int:
     """
     Send the same bytes object to each session but ``exclude`` (the
     WebSocket layer frames it once); returns how many were open.

@@ -15,15 +15,15 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-from twisted.internet.task import LoopingCall
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import internals
+from .admission import GatedFactory, RequestLimits
 from .auth import TokenVerifier
 from .config import Config
 from .hub import Hub
@@ -36,10 +36,11 @@ from .origins import OriginPolicy
 from .proxies import ProxyPolicy
 from .registry import LocalRegistry
 from .sqlite_store import SqliteStore
+from .static import demo_urls
 from .store import IOfflineStore, MemoryStore, StoreLimits
-from .tls import ReloadableTLS, tls_from_options, tls_server_endpoint
+from .tls import ReloadableTLS, listen_endpoint, tls_from_options, tls_server_endpoint
 from .web import StatusEndpoints, make_metrics_site, make_site
-from .websocket import SignalingFactory
+from .websocket import SignalingFactory, UpgradeResource
 
 __all__ = [
     "make_service", "SignalingService", "Listener", "Timers", "Policies",
@@ -76,6 +77,14 @@ def make_service(
     clock = reactor if clock is None else clock
     if policies is None:
         policies = Policies.from_config(config)
+    if config.redis_url is not None:
+        # Cluster mode: state and offline store in Redis (--db is not used).
+        from .cluster.node import ClusterNode
+
+        cluster = ClusterNode(config, reactor, clock)
+        return SignalingService(
+            config, reactor, clock, cluster.store, policies, inherited, cluster
+        )
     return SignalingService(
         config, reactor, clock, open_store(config, reactor, clock), policies, inherited
     )
@@ -160,6 +169,7 @@ class SignalingService(MultiService):
         store: IOfflineStore,
         policies: Policies,
         inherited: InheritedSockets | None = None,
+        cluster: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -169,35 +179,47 @@ class SignalingService(MultiService):
         self.store = store
         self.draining = False
         self.metrics = Metrics()
-        self.registry = LocalRegistry.from_config(store, config)
+        #: The :class:`~signaling.cluster.node.ClusterNode` with ``--redis``, else None.
+        self.cluster = cluster
+        self.registry = (
+            cluster.registry if cluster is not None else LocalRegistry.from_config(store, config)
+        )
         self.hub = hub = Hub(
             config, clock, store, self.metrics, policies.verifier, self.registry
         )
-        self.metrics.bind_stats(hub.stats)
-        gate = ConnectionGate(
+        if cluster is not None:
+            cluster.registry.on_restored = hub.announce_again
+        #: Every connection of every listener, counted from accept.
+        self.gate = gate = ConnectionGate(
             policies.origins, policies.proxies,
             config.max_connections, config.max_connections_per_ip,
         )
+        self.metrics.bind_stats(lambda: {**hub.stats(), "sockets": gate.open})
         #: Whether connections use the fast path of :mod:`signaling.internals`.
         self.fast_path = config.fast_path and internals.available()
         factory_class = internals.FastSignalingFactory if self.fast_path else SignalingFactory
         self.factory = factory_class(
             hub, gate, self.metrics, config.max_message_size, config.max_outgoing_size,
-            config.max_send_buffer, config.handshake_timeout, reactor,
+            config.max_send_buffer, RequestLimits.from_config(config), reactor,
         )
         started_at = clock.seconds()
         status = StatusEndpoints(
-            hub, clock, started_at, lambda: not self.draining, policies.ice, policies.verifier
+            hub, clock, started_at, lambda: not self.draining, policies.ice, policies.verifier,
+            cluster,
         )
-        self.site = make_site(config, status, self.metrics, WebSocketResource(self.factory), reactor)
+        self.site = make_site(config, status, self.metrics, UpgradeResource(self.factory), reactor)
         # On the fast path connections start in the WebSocket protocol, which
         # hands plain HTTP requests to the site (an upgrade is parsed once);
         # on the public API they start in the site, which upgrades them.
+        # Either way they are counted from accept by the gate.
         self.factory.http_site = self.site
-        main_factory = self.factory if self.fast_path else self.site
+        main_factory = GatedFactory(
+            self.factory if self.fast_path else self.site, gate, self.metrics, reactor
+        )
         self.listeners: list[Listener] = []
         metrics_site = (
-            make_metrics_site(config, status, self.metrics, reactor)
+            GatedFactory(make_metrics_site(config, status, self.metrics, reactor),
+                         gate, self.metrics, reactor)
             if config.metrics_listen else None
         )
         for index, spec in enumerate(listener_specs(config)):
@@ -206,7 +228,7 @@ class SignalingService(MultiService):
             elif spec.description is None:
                 endpoint = self._default_endpoint()
             else:
-                endpoint = serverFromString(reactor, spec.description)
+                endpoint = listen_endpoint(reactor, spec.description)
             self._add_listener(endpoint, metrics_site if spec.metrics else main_factory)
         self.timers = Timers(clock)
         self.timers.every(config.heartbeat_interval, hub.heartbeat)
@@ -230,8 +252,13 @@ class SignalingService(MultiService):
         self.listeners.append(listener)
 
     def startService(self) -> None:
+        if self.cluster is not None:
+            self.cluster.start()
         super().startService()
         self.timers.start()
+        if self.config.demo:
+            for url in demo_urls(self.config, self.ports()):
+                _log.info("demo video call: open {url} in two browser tabs", url=url)
 
     def reload_tls(self) -> bool:
         """
@@ -248,15 +275,20 @@ class SignalingService(MultiService):
     def stopService(self) -> Any:
         """
         Drain: ``/ready`` turns 503, listeners stop, every client gets
-        ``server-shutdown`` and a 1001 close, the offline store is flushed
-        and closed; all within ``shutdown_timeout``.
+        ``server-shutdown`` and a 1001 close, then every connection still
+        open (idle HTTP keep-alive ones) is cut; the offline store is
+        flushed and closed; all within ``shutdown_timeout``.
         """
         self.running = False
         self.draining = True
         self.timers.stop()
         yield defer.DeferredList([listener.stopService() for listener in self.listeners])
         yield self._drain()
+        self.gate.abort_all()
+        yield deferLater(self.reactor, 0, lambda: None)  # aborted connections are lost a turn later
         yield self.store.close()
+        if self.cluster is not None:
+            yield self.cluster.stop()
 
     def _drain(self) -> defer.Deferred:
         hub = self.hub

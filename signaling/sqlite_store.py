@@ -12,11 +12,17 @@ sender ``queued: true`` honestly (PROTOCOL section 5).
 Schema files live in ``signaling/schema``: ``vN.sql`` creates version N from
 nothing, ``upgrade-to-vN.sql`` turns version N-1 into N. A fresh database
 gets the newest ``vN.sql``; an older one is upgraded step by step.
+
+Every text is written byte for byte (U+0000 included) and read back as
+bytes; a row that is not what this server writes (not UTF-8, not JSON, not a
+valid id, ...) is moved to the ``quarantine`` table at start, logged and
+counted (:attr:`SqliteStore.quarantined`), and the server starts without it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import sqlite3
@@ -29,12 +35,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .messages import ProtocolError, decode, validate_id
 from .store import IOfflineStore, MemoryQueues, QueueFull, StoredMessage, StoreLimits
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore", "StoreClosed", "StoreOpenError"]
 
 #: The schema version this code writes; ``schema/v{SCHEMA_VERSION}.sql`` exists.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: Rows set aside at one start that are logged one by one; the rest are summed up.
+QUARANTINE_LOG_LIMIT = 20
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _log = Logger()
@@ -170,13 +180,18 @@ class _Index(MemoryQueues):
         return False
 
 
+#: One row to insert: seq, the entry, the UTF-8 of its recipient, message id
+#: and sender (None when not known), and the Deferred that fires once it is durable.
+_Insert = tuple[int, StoredMessage, tuple[bytes, bytes, "bytes | None"], defer.Deferred]
+
+
 class _Batch:
     """Every write collected since the previous batch, committed together."""
 
     __slots__ = ("inserts", "deletes", "waiters")
 
     def __init__(self) -> None:
-        self.inserts: list[tuple[int, StoredMessage, str, defer.Deferred]] = []
+        self.inserts: list[_Insert] = []
         self.deletes: list[int] = []
         self.waiters: list[defer.Deferred] = []
 
@@ -235,26 +250,13 @@ class _Writer:
     def _commit(self, batch: _Batch) -> None:
         # Each executed statement hands the GIL over twice (SQLite runs
         # without it), and the reactor thread then waits for it back: one
-        # statement per batch, with the rows passed as one JSON array,
-        # instead of one statement per row.
+        # statement per batch instead of one per row.
         conn = self._conn
         if not (batch.inserts or batch.deletes):
             return
         conn.execute("BEGIN IMMEDIATE")
         if batch.inserts:
-            rows = json.dumps(
-                [
-                    (seq, e.recipient, e.message_id, e.stored_at, body)
-                    for seq, e, body, _ in batch.inserts
-                ]
-            )
-            conn.execute(
-                "INSERT INTO messages (seq, recipient, message_id, stored_at, body)"
-                " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-                " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
-                " json_extract(value, '$[4]') FROM json_each(?)",
-                (rows,),
-            )
+            conn.execute(_INSERT_ROWS, _rows_parameters(batch.inserts))
         # A delete is always queued after the insert of its row, so running
         # every insert of the batch first keeps the order that matters.
         if batch.deletes:
@@ -265,13 +267,95 @@ class _Writer:
         conn.execute("COMMIT")
 
 
+#: Inserts the rows of :func:`_rows_parameters`. SQLite's JSON functions cut
+#: a string at U+0000, so only numbers travel as JSON; every text is a slice
+#: of one blob of UTF-8, cut by offset and stored as TEXT byte for byte.
+_INSERT_ROWS = (
+    "INSERT INTO messages (seq, stored_at, recipient, message_id, sender, body)"
+    " SELECT value ->> 0, value ->> 1,"
+    " CAST(substr(?2, value ->> 2, value ->> 3) AS TEXT),"
+    " CAST(substr(?2, value ->> 4, value ->> 5) AS TEXT),"
+    " CAST(substr(?2, value ->> 6, value ->> 7) AS TEXT),"
+    " CAST(substr(?2, value ->> 8, value ->> 9) AS TEXT)"
+    " FROM json_each(?1)"
+)
+
+
+def _rows_parameters(inserts: list[_Insert]) -> tuple[str, bytes]:
+    """
+    The rows of a batch for :data:`_INSERT_ROWS`: a JSON array of ``[seq,
+    stored_at, then (start, length) in the blob of recipient, message id,
+    sender and body]`` (a sender that is not known is ``null``), and the blob.
+    """
+    blob: list[bytes] = []
+    rows = []
+    position = 1  # substr counts from 1
+    for seq, entry, texts, _ in inserts:
+        row: list[Any] = [seq, entry.stored_at]
+        for text in (*texts, entry.body):
+            if text is None:
+                row += (None, None)
+                continue
+            row += (position, len(text))
+            blob.append(text)
+            position += len(text)
+        rows.append(row)
+    return json.dumps(rows), b"".join(blob)
+
+
+class _Unreadable(Exception):
+    """A stored row this server would not have written; the text says why."""
+
+
+def _text(value: Any, column: str) -> str:
+    """A text column read as bytes, decoded."""
+    if not isinstance(value, bytes):
+        raise _Unreadable(f"{column} is not text")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Unreadable(f"{column} is not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _id(value: Any, column: str) -> str:
+    """An id column: UTF-8 and a valid id, returned in NFC (as ids are compared)."""
+    try:
+        return validate_id(_text(value, column), column)
+    except ProtocolError as e:
+        raise _Unreadable(f"{column} is not a valid id: {e.text}") from None
+
+
+def _row_entry(row: tuple[Any, ...]) -> StoredMessage:
+    """
+    The entry a row of ``messages`` (read with bytes for text) holds.
+
+    :raises _Unreadable: the row is not what this server writes.
+    """
+    _, recipient, message_id, sender, stored_at, body = row
+    recipient = _id(recipient, "recipient")
+    message_id = _text(message_id, "message_id")
+    if sender is not None:
+        sender = _id(sender, "sender")
+    if isinstance(stored_at, bool) or not isinstance(stored_at, (int, float)) \
+            or not math.isfinite(stored_at):
+        raise _Unreadable("stored_at is not a number of seconds")
+    if not isinstance(body, bytes):
+        raise _Unreadable("body is not text")
+    try:
+        decode(body)  # delivered as it is: it must be a message the server accepts
+    except ProtocolError as e:
+        raise _Unreadable(f"body is not a message: {e.text}") from None
+    return StoredMessage(recipient, message_id, body, float(stored_at), sender)
+
+
 @implementer(IOfflineStore)
 class SqliteStore:
     """
     An offline store that survives restarts and ``kill -9``.
 
     Build it with :meth:`open`. ``commits`` counts the transactions committed
-    so far (each is one fsync), which shows group commit at work.
+    so far (each is one fsync), which shows group commit at work;
+    ``quarantined`` the rows in the ``quarantine`` table after the start.
     """
 
     def __init__(
@@ -285,6 +369,7 @@ class SqliteStore:
         """Use :meth:`open`; this expects a connection at the current schema."""
         self.path = path
         self.commits = 0
+        self.quarantined = 0
         self._reactor = reactor
         self._index = _Index(limits)
         self._seqs: dict[int, int] = {}
@@ -327,31 +412,76 @@ class SqliteStore:
             raise
 
     def _load(self, conn: sqlite3.Connection, now: float) -> None:
+        # Text is read as bytes: one row that is not UTF-8 must not stop the
+        # others from loading (sqlite3 would raise for the whole query).
+        conn.text_factory = bytes
         try:
             conn.execute("BEGIN IMMEDIATE")
             purged = conn.execute(
                 "DELETE FROM messages WHERE stored_at <= ?", (now - self._index.limits.ttl,)
             ).rowcount
-            rows = conn.execute(
-                "SELECT seq, recipient, message_id, stored_at, body"
+            unreadable = []
+            for row in conn.execute(
+                "SELECT seq, recipient, message_id, sender, stored_at, body"
                 " FROM messages ORDER BY seq"
-            ).fetchall()
+            ):
+                self._next_seq = row[0] + 1
+                try:
+                    entry = _row_entry(row)
+                except _Unreadable as e:
+                    unreadable.append((row[0], str(e)))
+                    continue
+                self._index.add(entry)
+                self._seqs[id(entry)] = row[0]
+            self._quarantine(conn, unreadable, now)
+            self.quarantined, last = conn.execute(
+                "SELECT count(*), max(seq) FROM quarantine"
+            ).fetchone()
+            if last is not None:  # a seq stays unique across both tables
+                self._next_seq = max(self._next_seq, last + 1)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise StoreOpenError(f"cannot load offline store {self.path!r}: {e}")
-        for seq, recipient, message_id, stored_at, body in rows:
-            entry = StoredMessage(recipient, message_id, body.encode("utf-8"), stored_at)
-            self._index.add(entry)
-            self._seqs[id(entry)] = seq
-            self._next_seq = seq + 1
+        finally:
+            conn.text_factory = str
         _log.info(
-            "offline store {path}: loaded {count} messages, dropped {purged} expired",
+            "offline store {path}: loaded {count} messages, dropped {purged} expired,"
+            " set aside {unreadable} unreadable ({quarantined} in table quarantine)",
             path=self.path,
-            count=len(rows),
+            count=self._index.count,
             purged=purged,
+            unreadable=len(unreadable),
+            quarantined=self.quarantined,
         )
+
+    def _quarantine(
+        self, conn: sqlite3.Connection, unreadable: list[tuple[int, str]], now: float
+    ) -> None:
+        """Move the ``(seq, reason)`` rows to the quarantine table and log them (once)."""
+        conn.executemany(
+            "INSERT INTO quarantine (seq, quarantined_at, reason, recipient, message_id,"
+            " sender, stored_at, body) SELECT seq, ?, ?, CAST(recipient AS BLOB),"
+            " CAST(message_id AS BLOB), CAST(sender AS BLOB), stored_at, CAST(body AS BLOB)"
+            " FROM messages WHERE seq = ?",
+            [(now, reason, seq) for seq, reason in unreadable],
+        )
+        conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq, _ in unreadable])
+        for seq, reason in unreadable[:QUARANTINE_LOG_LIMIT]:
+            _log.warn(
+                "offline store {path}: row {seq} cannot be loaded ({reason});"
+                " moved to table quarantine",
+                path=self.path,
+                seq=seq,
+                reason=reason,
+            )
+        if len(unreadable) > QUARANTINE_LOG_LIMIT:
+            _log.warn(
+                "offline store {path}: {more} more rows cannot be loaded; moved to table quarantine",
+                path=self.path,
+                more=len(unreadable) - QUARANTINE_LOG_LIMIT,
+            )
 
     @property
     def count(self) -> int:
@@ -383,16 +513,19 @@ class SqliteStore:
         if self._closing is not None:
             return defer.fail(StoreClosed("the offline store is closed"))
         try:
-            entry = self._index.make_entry(recipient, message_id, message, now)
-        except QueueFull:
+            # Encoded here, so that a text UTF-8 cannot hold (messages.decode
+            # refuses them) fails its own enqueue, not the batch it would join.
+            texts = (recipient.encode("utf-8"), message_id.encode("utf-8"),
+                     None if sender is None else sender.encode("utf-8"))
+            entry = self._index.make_entry(recipient, message_id, message, now, sender)
+        except (QueueFull, UnicodeEncodeError):
             return defer.fail()
-        body = entry.body.decode("utf-8")
         seq = self._next_seq
         self._next_seq += 1
         self._index.add(entry)
         self._seqs[id(entry)] = seq
         durable: defer.Deferred = defer.Deferred()
-        self._pending_batch().inserts.append((seq, entry, body, durable))
+        self._pending_batch().inserts.append((seq, entry, texts, durable))
         return durable
 
     def pending(self, recipient: str, now: float) -> list[StoredMessage]:

@@ -8,6 +8,9 @@ never wait on the disk.
 
 Limits are checked before anything is stored: a message over a limit is
 refused with :class:`QueueFull` and nothing is kept (PROTOCOL section 5).
+Besides the caps per recipient and in total, each sender id may hold only
+its share of the bytes (``StoreLimits.max_bytes_per_sender``), so one
+sender can never take the store from the others.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Iterable, NamedTuple
 from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
 
-from .config import Config
+from .config import Config, default_offline_sender_quota
 from .messages import encode
 
 __all__ = ["IOfflineStore", "MemoryStore", "QueueFull", "StoreLimits", "StoredMessage"]
@@ -34,6 +37,8 @@ class StoreLimits:
     ttl: float = Config.offline_ttl
     max_bytes: int = Config.offline_max_bytes
     max_peers: int = Config.offline_max_peers
+    #: Bytes the messages of one sender id may take at once.
+    max_bytes_per_sender: int = default_offline_sender_quota(Config.offline_max_bytes)
 
     @classmethod
     def from_config(cls, config: Config) -> "StoreLimits":
@@ -43,6 +48,7 @@ class StoreLimits:
             ttl=config.offline_ttl,
             max_bytes=config.offline_max_bytes,
             max_peers=config.offline_max_peers,
+            max_bytes_per_sender=config.offline_sender_quota,
         )
 
 
@@ -57,6 +63,8 @@ class StoredMessage(NamedTuple):
     message_id: str
     body: bytes
     stored_at: float
+    #: The id that sent it (what the per-sender quota counts), if known.
+    sender: str | None = None
 
     @property
     def size(self) -> int:
@@ -78,11 +86,17 @@ class IOfflineStore(Interface):
 
     count = Attribute("Number of messages stored now.")
     total_bytes = Attribute("Encoded size of every message stored now.")
+    quarantined = Attribute(
+        "Stored entries set aside because they could not be read (0 for a"
+        " store that never reads any back)."
+    )
 
     def enqueue(recipient, message_id, message, now, sender=None):
         """
-        Store ``message`` (a dict) for ``recipient`` under ``message_id``;
-        ``sender`` is the id that sent it, when known.
+        Store ``message`` (a dict, or the bytes it is encoded as) for
+        ``recipient`` under ``message_id``;
+        ``sender`` is the id that sent it, when known, and the bytes each
+        sender has stored are capped (``StoreLimits.max_bytes_per_sender``).
 
         Returns a Deferred that fires with the :class:`StoredMessage` once the
         entry is durable, or fails with :class:`QueueFull` when a limit would be
@@ -121,14 +135,17 @@ class MemoryQueues:
     def __init__(self, limits: StoreLimits) -> None:
         self.limits = limits
         self._queues: OrderedDict[str, deque[StoredMessage]] = OrderedDict()
+        #: sender id -> bytes of its stored entries (senders with none are absent)
+        self._sender_bytes: dict[str, int] = {}
         self.count = 0
         self.total_bytes = 0
 
     def make_entry(
-        self, recipient: str, message_id: str, message: dict[str, Any], now: float
+        self, recipient: str, message_id: str, message: dict[str, Any], now: float,
+        sender: str | None = None,
     ) -> StoredMessage:
-        """Build an entry for ``message`` or raise :class:`QueueFull`."""
-        body = encode(message)
+        """Build an entry for ``message`` from ``sender`` or raise :class:`QueueFull`."""
+        body = message if type(message) is bytes else encode(message)
         size = len(body)
         queue = self._queues.get(recipient)
         limits = self.limits
@@ -139,9 +156,19 @@ class MemoryQueues:
             )
         if queue is None and len(self._queues) >= limits.max_peers:
             raise QueueFull("too many peers have offline queues")
+        if sender is not None and self.sender_bytes(sender) + size > limits.max_bytes_per_sender:
+            raise QueueFull(
+                f"offline messages from '{sender}' may take at most "
+                f"{limits.max_bytes_per_sender} bytes of the store at once; "
+                "wait until some are delivered or expire"
+            )
         if self.total_bytes + size > limits.max_bytes:
             raise QueueFull("offline store is full")
-        return StoredMessage(recipient, message_id, body, now)
+        return StoredMessage(recipient, message_id, body, now, sender)
+
+    def sender_bytes(self, sender: str) -> int:
+        """Bytes of the entries ``sender`` has stored now."""
+        return self._sender_bytes.get(sender, 0)
 
     def add(self, entry: StoredMessage) -> None:
         """Append an entry built by :meth:`make_entry` (or loaded from disk)."""
@@ -151,6 +178,8 @@ class MemoryQueues:
         queue.append(entry)
         self.count += 1
         self.total_bytes += entry.size
+        if entry.sender is not None:
+            self._sender_bytes[entry.sender] = self.sender_bytes(entry.sender) + entry.size
 
     def pending(self, recipient: str, now: float) -> list[StoredMessage]:
         """Unexpired entries of ``recipient``, oldest first."""
@@ -196,11 +225,21 @@ class MemoryQueues:
             self._queues.pop(recipient, None)
         self.count -= len(removed)
         self.total_bytes -= sum(entry.size for entry in removed)
+        for entry in removed:
+            if entry.sender is not None:
+                left = self._sender_bytes[entry.sender] - entry.size
+                if left:
+                    self._sender_bytes[entry.sender] = left
+                else:
+                    del self._sender_bytes[entry.sender]
 
 
 @implementer(IOfflineStore)
 class MemoryStore:
     """An offline store that lives in process memory only (lost on restart)."""
+
+    #: Nothing is ever read back, so nothing is ever set aside.
+    quarantined = 0
 
     def __init__(self, limits: StoreLimits = StoreLimits()) -> None:
         self._queues = MemoryQueues(limits)
@@ -215,7 +254,7 @@ class MemoryStore:
 
     def enqueue(self, recipient, message_id, message, now, sender=None):
         try:
-            entry = self._queues.make_entry(recipient, message_id, message, now)
+            entry = self._queues.make_entry(recipient, message_id, message, now, sender)
         except QueueFull:
             return defer.fail()
         self._queues.add(entry)

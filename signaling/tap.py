@@ -63,6 +63,9 @@ _PARAMETERS: list[tuple[str, str | None, str, Callable[[str], Any], str]] = [
     ("offline-max", None, "offline_max", int, "Offline messages kept per peer."),
     ("offline-max-bytes", None, "offline_max_bytes", int, "Total bytes of offline messages kept."),
     ("offline-max-peers", None, "offline_max_peers", int, "Peers that may have offline messages at once."),
+    ("offline-max-bytes-per-sender", None, "offline_max_bytes_per_sender", int,
+     "Bytes of offline messages one sender id may have stored at once "
+     "(default: a tenth of --offline-max-bytes)."),
     ("heartbeat-interval", None, "heartbeat_interval", float,
      "Seconds between heartbeat pings; a connection silent for a whole interval is dropped."),
     ("stats-interval", None, "stats_interval", float, "Seconds between [Stats] log lines."),
@@ -87,11 +90,20 @@ _PARAMETERS: list[tuple[str, str | None, str, Callable[[str], Any], str]] = [
     ("rate-limit", None, "rate_limit", float, "Messages per second one connection may send (0: off)."),
     ("rate-burst", None, "rate_burst", int, "Messages one connection may send in a burst."),
     ("max-connections", None, "max_connections", int,
-     "Open WebSocket connections in total; more are refused with 503 (0: no limit)."),
+     "Open connections in total, counted from accept (WebSocket, HTTP or not yet either);"
+     " more are refused with 503 (0: no limit)."),
     ("max-connections-per-ip", None, "max_connections_per_ip", int,
-     "Open WebSocket connections from one address; more are refused with 503 (0: no limit)."),
+     "Open connections from one address, counted from accept (behind a --trusted-proxy:"
+     " per forwarded address, from the WebSocket handshake); more are refused with 503"
+     " (0: no limit)."),
     ("handshake-timeout", None, "handshake_timeout", float,
-     "Seconds a client has to send a complete HTTP request head."),
+     "Seconds a client has to send a complete HTTP request head, and again its body;"
+     " 408 after."),
+    ("max-request-head", None, "max_request_head", int,
+     "Largest HTTP request head (request line and headers) in bytes; a larger one gets 431."),
+    ("max-request-body", None, "max_request_body", int,
+     "Largest HTTP request body in bytes; a larger one gets 413 before it is read"
+     " (the HTTP endpoints take no body)."),
     ("max-send-buffer", None, "max_send_buffer", int,
      "Unsent bytes a connection may hold before it is closed with 1013 (slow consumer)."),
     ("max-device-info-bytes", None, "max_device_info_bytes", int, "Largest deviceInfo, in bytes."),
@@ -133,6 +145,11 @@ _FLAGS: list[tuple[str, str, str]] = [
      "Presence and peer lists carry only ids, no deviceType/deviceInfo."),
     ("log-payloads", "log_payloads",
      "Include message payloads (SDP holds IP addresses) in logged errors."),
+]
+
+# (option, Config field, help): switches that turn a default-on feature off.
+_OFF_FLAGS: list[tuple[str, str, str]] = [
+    ("no-demo", "demo", "Do not serve the demo video-call page at /demo/."),
 ]
 
 _DEFAULTS = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
@@ -217,7 +234,7 @@ class Options(usage.Options):
         [name, short, None, text + _default_note(field)]
         for name, short, field, _, text in _PARAMETERS
     ]
-    optFlags = [[name, None, text] for name, _, text in _FLAGS]
+    optFlags = [[name, None, text] for name, _, text in (*_FLAGS, *_OFF_FLAGS)]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
@@ -313,20 +330,22 @@ class Options(usage.Options):
                 given = re.split(r"[,\s]+", self._environ[_env_name(name)].strip())
                 from_environment[name] = _env_name(name)
             values[field] = tuple(given)
-        for name, field, _ in _FLAGS:
-            raw = self._environ.get(_env_name(name))
-            if not self[name] and raw is not None:
-                from_environment[name] = _env_name(name)
-            try:
-                values[field] = bool(self[name]) or (raw is not None and _flag(raw))
-            except ValueError as e:
-                raise usage.UsageError(f"{_env_name(name)}: {e}")
+        for flags, on in ((_FLAGS, True), (_OFF_FLAGS, False)):
+            for name, field, _ in flags:
+                raw = self._environ.get(_env_name(name))
+                if not self[name] and raw is not None:
+                    from_environment[name] = _env_name(name)
+                try:
+                    given = bool(self[name]) or (raw is not None and _flag(raw))
+                except ValueError as e:
+                    raise usage.UsageError(f"{_env_name(name)}: {e}")
+                values[field] = given if on else not given
         if values["listen"] and "port" not in values:
             values["port"] = None
         try:
             self.config = Config(**values)
             self.policies = Policies.from_config(self.config)
-            for description in self.config.listen:
+            for description in (*self.config.listen, *self.config.metrics_listen):
                 check_listen_description(description)
             redis_target(self.config.redis_url, self.config.redis_password_file)
             check_worker_listeners(self.config)

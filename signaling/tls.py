@@ -12,19 +12,25 @@ handshake asks it for an OpenSSL connection, so :meth:`ReloadableTLS.reload`
 while open connections keep the one they were made with.
 
 Policy: TLS 1.2 or newer, forward-secret AEAD cipher suites only (TLS 1.3's
-suites are always on), no compression, server cipher preference.
+suites are always on), no compression, server cipher preference; ALPN
+answers ``http/1.1`` (see :func:`negotiate_http11`).
+
+Every TLS listener of the server gets its options from here: ``--tls-cert``
+through :class:`ReloadableTLS`, ``--listen ssl:...`` through
+:func:`listen_endpoint`, and anything else that wraps a socket in TLS should
+use one of the two.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
@@ -37,11 +43,14 @@ from zope.interface import implementer
 from .files import read_setting_file
 
 __all__ = [
+    "HTTP_1_1",
     "TLS_CIPHERS",
     "ReloadableTLS",
     "TLSConfigError",
     "check_listen_description",
+    "listen_endpoint",
     "load_certificate_options",
+    "negotiate_http11",
     "tls_from_options",
     "tls_server_endpoint",
     "tls_server_factory",
@@ -50,6 +59,10 @@ __all__ = [
 #: OpenSSL cipher string for TLS 1.2: ECDHE key exchange with AES-GCM or
 #: ChaCha20-Poly1305 only (no CBC, no static RSA, no SHA-1 MACs).
 TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
+
+#: The application protocol spoken over TLS (WebSocket upgrades and the HTTP
+#: endpoints), as named in ALPN.
+HTTP_1_1 = b"http/1.1"
 
 _log = Logger(namespace="signaling.tls")
 
@@ -209,11 +222,49 @@ def load_certificate_options(
     )
     try:
         # Build the OpenSSL context now so that any failure shows at load
-        # time, not at the first handshake.
-        options.getContext()
+        # time, not at the first handshake. CertificateOptions keeps this one
+        # context for every connection, so the ALPN answer set here sticks.
+        negotiate_http11(options.getContext())
     except SSL.Error as e:
         raise TLSConfigError(f"OpenSSL refused the TLS configuration: {e}") from None
     return options
+
+
+class NoApplicationProtocol(SSL.Error):
+    """The client offered ALPN protocols, none of them ``http/1.1``."""
+
+
+def negotiate_http11(context: SSL.Context) -> SSL.Context:
+    """
+    Make ``context`` answer ALPN with ``http/1.1``; returns ``context``.
+
+    Why this exists: Twisted (checked with 26.10) installs its own ALPN
+    select callback on every server context, and when the listening factory
+    does not provide ``IProtocolNegotiationFactory`` that callback selects an
+    empty protocol name, which OpenSSL answers with an ``internal_error``
+    alert. Browsers and curl always offer ALPN (``h2``, ``http/1.1``), so no
+    browser could open ``wss://`` while clients offering no ALPN (Python's
+    ``ssl``, ``curl --no-alpn``) worked. This callback replaces Twisted's:
+
+    - ``http/1.1`` offered (with or without ``h2``): ``http/1.1`` is selected;
+    - no ALPN offered: the handshake goes on without ALPN, as before;
+    - only other protocols offered (``h2`` alone): the handshake is refused
+      with the ``no_application_protocol`` alert RFC 7301 prescribes.
+    """
+    context.set_alpn_select_callback(_select_http11)
+    return context
+
+
+def _select_http11(connection: SSL.Connection, offered: list[bytes]) -> bytes:
+    if HTTP_1_1 in offered:
+        return HTTP_1_1
+    # pyOpenSSL turns an exception here into SSL_TLSEXT_ERR_ALERT_FATAL
+    # (the no_application_protocol alert) and raises it again from the
+    # handshake, where Twisted treats it as any failed handshake; it reads
+    # an SSL.Error's argument as OpenSSL's error queue, hence its shape.
+    raise NoApplicationProtocol(
+        [("SSL routines", "alpn select", "no application protocol (only http/1.1 is spoken)")]
+    )
 
 
 def _openssl_objects(
@@ -375,32 +426,94 @@ def _split_description(description: str) -> tuple[list[str], dict[str, str]]:
     return positional, keywords
 
 
-def check_listen_description(description: str) -> None:
+#: ``ssl:`` description keywords and their defaults (Twisted's, except
+#: that the TLS policy, chain handling and ALPN are this module's).
+_SSL_KEYWORDS = {
+    "port": None,
+    "interface": "",
+    "backlog": "50",
+    "privateKey": "server.pem",
+    "certKey": None,
+    "extraCertChain": None,
+}
+
+
+def _ssl_description(description: str) -> dict[str, str | None] | None:
     """
-    Check the certificate files of an ``ssl:`` endpoint description, as
-    given to ``--listen``; other endpoint types are left to Twisted.
+    The settings of an ``ssl:`` endpoint description (None for other
+    types), as Twisted's parser reads them.
 
-    Twisted's ``ssl:`` parser sends only the *first* certificate of
-    ``certKey`` and silently drops the rest, so a ``fullchain.pem`` there
-    loses its intermediates and clients fail to verify the server. This
-    refuses that case (intermediates must be in ``extraCertChain``) and
-    reports unusable files with the same messages as ``--tls-cert``.
-
-    :raises TLSConfigError: the description's certificate setup is unusable.
+    :raises TLSConfigError: an option this server does not take, or no port.
     """
     positional, keywords = _split_description(description)
     if positional[0].lower() != "ssl":
-        return
-    key_path = keywords.get("privateKey", "server.pem")
-    cert_path = keywords.get("certKey", key_path)
-    chain_path = keywords.get("extraCertChain")
-    load_certificate_options(cert_path, key_path, chain_path)
-    dropped = _certificates(cert_path, "TLS certificate")[1:]
-    sent = {_fingerprint(c) for c in _certificates(chain_path, "TLS chain")} if chain_path else set()
-    if any(_fingerprint(c) not in sent for c in dropped):
-        raise TLSConfigError(
-            f"{description!r}: certKey file {cert_path!r} holds more than one certificate, but"
-            " the ssl: endpoint sends only the first; name the server certificate alone in"
-            " certKey (certbot: cert.pem) and the intermediates in extraCertChain"
-            " (certbot: chain.pem), or use --tls-cert/--tls-key/--tls-chain"
+        return None
+    settings = dict(_SSL_KEYWORDS)
+    for name, value in zip(("port",), positional[1:]):
+        settings[name] = value
+    if len(positional) > 2:
+        raise TLSConfigError(f"{description!r}: too many positional values")
+    for name, value in keywords.items():
+        if name not in settings:
+            raise TLSConfigError(
+                f"{description!r}: option {name!r} is not supported; ssl: listeners use"
+                " the server's TLS policy (docs/tls.md) and take port, interface, backlog,"
+                " privateKey, certKey and extraCertChain"
+            )
+        settings[name] = value
+    if settings["certKey"] is None:
+        settings["certKey"] = settings["privateKey"]
+    for name in ("port", "backlog"):
+        if not (settings[name] or "").isdigit():
+            raise TLSConfigError(f"{description!r}: {name} must be a number")
+    return settings
+
+
+def check_listen_description(description: str) -> None:
+    """
+    Check an ``ssl:`` endpoint description, as given to ``--listen``, and
+    its certificate files; other endpoint types are left to Twisted.
+
+    :raises TLSConfigError: the description or its certificate setup is unusable.
+    """
+    settings = _ssl_description(description)
+    if settings is not None:
+        load_certificate_options(
+            settings["certKey"], settings["privateKey"], settings["extraCertChain"]
         )
+
+
+def listen_endpoint(reactor: Any, description: str) -> Any:
+    """
+    The server endpoint for a ``--listen`` description.
+
+    ``ssl:`` descriptions are built here rather than by Twisted's parser, so
+    that they get the same certificate loading as ``--tls-cert`` (every
+    certificate in ``certKey`` is sent, then ``extraCertChain``), the same
+    TLS policy and :func:`negotiate_http11` (see :func:`ssl_description_options`).
+    Other types go to Twisted's ``serverFromString``.
+
+    :raises TLSConfigError: a bad ``ssl:`` description or unusable files.
+    """
+    settings = _ssl_description(description)
+    if settings is None:
+        return serverFromString(reactor, description)
+    return SSL4ServerEndpoint(
+        reactor, int(settings["port"]), ssl_description_options(description),
+        backlog=int(settings["backlog"]), interface=settings["interface"],
+    )
+
+
+def ssl_description_options(description: str) -> CertificateOptions | None:
+    """
+    The TLS options of an ``ssl:`` description, loaded as ``--tls-cert``'s
+    are (with :func:`negotiate_http11`); None for other descriptions.
+
+    :raises TLSConfigError: a bad ``ssl:`` description or unusable files.
+    """
+    settings = _ssl_description(description)
+    if settings is None:
+        return None
+    return load_certificate_options(
+        settings["certKey"], settings["privateKey"], settings["extraCertChain"]
+    )

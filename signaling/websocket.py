@@ -1,8 +1,10 @@
 """
 The WebSocket layer on Autobahn's public API: checks the opening handshake
-(origin, connection caps, URL token), hands every message to
-:meth:`signaling.hub.Hub.receive_payload`, and is the hub's
-:class:`~signaling.session.IConnection`.
+(origin, URL token, the per-address cap of a client behind a trusted proxy),
+hands every message to :meth:`signaling.hub.Hub.receive_payload`, and is
+the hub's :class:`~signaling.session.IConnection`. :class:`UpgradeResource`
+takes a connection over from the HTTP site; :func:`hand_over` is the one way
+a connection changes protocol.
 
 Protocol rules live in the hub; the wire protocol is described in
 ``docs/protocol.md``. :mod:`signaling.internals` may swap in a faster
@@ -18,17 +20,21 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from .admission import RequestLimits
 from .auth import token_from_query
+from .config import RETRY_AFTER
 from .events import IServerEvents
 from .hub import Hub
-from .limits import ConnectionGate
+from .limits import ConnectionGate, ConnectionSlot
 from .logs import log_event
 from .messages import CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE, ProtocolError
 from .session import IConnection
 
-__all__ = ["SignalingProtocol", "SignalingFactory", "OutputWatch"]
+__all__ = ["SignalingProtocol", "SignalingFactory", "OutputWatch", "UpgradeResource", "hand_over"]
 
 _log = Logger()
 
@@ -104,7 +110,9 @@ class SignalingProtocol(WebSocketServerProtocol):
     _log = _log
     session = None
     peer_address = "unknown"
-    _client_host: str | None = None
+    #: The connection's place under the connection caps, taken at accept
+    #: (None: built outside a listener); released once when it closes.
+    slot: ConnectionSlot | None = None
     _query_token: str | None = None
     _output: OutputWatch | None = None
 
@@ -121,15 +129,21 @@ class SignalingProtocol(WebSocketServerProtocol):
             self._query_token = token_from_query(request.params)
         except ProtocolError as e:
             self._refuse("auth", 401, e.text)
-        reason = gate.acquire(client_host)
-        if reason is not None:
-            self._refuse(reason, 503, "server is at its connection limit")
-        self._client_host = client_host
+        if self.slot is not None:
+            reason = self.slot.count_client(client_host)
+            if reason is not None:
+                self._refuse(reason, 503, "server is at its connection limit")
 
     def _refuse(self, reason: str, code: int, text: str) -> None:
         self.factory.events.connection_refused(reason)
         log_event(_log, "limit", peer=self.peer_address, limit=reason)
         raise ConnectionDeny(code, text)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Autobahn's refusal of a handshake; a 503 also says when to retry."""
+        if code == 503:
+            responseHeaders = [*(responseHeaders or ()), ("Retry-After", str(RETRY_AFTER))]
+        super().failHandshake(reason, code, responseHeaders)
 
     def onOpen(self) -> None:
         self._output = OutputWatch(self.factory.max_send_buffer, self.factory.reactor)
@@ -164,9 +178,9 @@ class SignalingProtocol(WebSocketServerProtocol):
         super().connectionLost(reason)
         if self._output is not None:
             self._output.release()
-        if self._client_host is not None:
-            self.factory.gate.release(self._client_host)
-            self._client_host = None
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot.release()
 
     # -- IConnection ---------------------------------------------------------
 
@@ -229,14 +243,16 @@ class SignalingFactory(WebSocketServerFactory):
         max_message_size: int,
         max_outgoing_size: int,
         max_send_buffer: int,
-        handshake_timeout: float,
+        requests: RequestLimits,
         reactor: Any,
     ) -> None:
         """
         ``max_message_size`` bounds what clients send (larger: close 1009),
-        ``max_outgoing_size`` what the server sends (the hub keeps to it).
+        ``max_outgoing_size`` what the server sends (the hub keeps to it),
+        ``requests`` the request heads the fast path reads itself.
         """
-        super().__init__(reactor=reactor)
+        # No Server header (Autobahn's default names itself and its version).
+        super().__init__(server=None, reactor=reactor)
         #: The ``Site`` that answers plain HTTP requests on the same port
         #: (set by the service once it is built; used by the fast path).
         self.http_site: Any = None
@@ -245,6 +261,8 @@ class SignalingFactory(WebSocketServerFactory):
         self.events = events
         self.max_send_buffer = max_send_buffer
         self.max_message_size = max_message_size
+        #: The limits of a request head (the fast path reads heads itself).
+        self.requests = requests
         self.setProtocolOptions(
             # Autobahn applies its message limit to both directions; frames
             # from clients are bounded by the frame limit, whole messages in
@@ -259,7 +277,60 @@ class SignalingFactory(WebSocketServerFactory):
             # a whole second (txaio's batched timer), so 2 means one to two
             # seconds; 1 meant anything from 0 to 1 s, often a millisecond.
             closeHandshakeTimeout=2,
-            openHandshakeTimeout=handshake_timeout,
+            openHandshakeTimeout=requests.timeout,
             # Origins (including "null") are judged by OriginPolicy in onConnect.
             allowNullOrigin=True,
+            # A head without an upgrade never reaches Autobahn; were one to,
+            # it would get a plain 426, not Autobahn's page naming itself.
+            webStatus=False,
         )
+
+
+def hand_over(transport: Any, protocol: Any) -> None:
+    """
+    Give an open connection to ``protocol``: the transport (plain or TLS,
+    with whatever it buffered) delivers to it from now on.
+    """
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+
+
+class UpgradeResource:
+    """
+    Renders a WebSocket upgrade request the HTTP site has read: the
+    connection and its slot go to a new protocol of ``factory``, which is
+    given the request head again (as Autobahn's ``WebSocketResource`` does,
+    without its status page for requests it cannot take over).
+    """
+
+    isLeaf = True
+
+    def __init__(self, factory: SignalingFactory) -> None:
+        self._factory = factory
+
+    def render(self, request: Any) -> Any:
+        channel = request.channel
+        transport = channel.transport
+        # The WebSocket protocol takes the socket over. The HTTP channel's
+        # idle timer and its registration as the socket's producer would
+        # keep it and this request alive for hours, cost every write, and
+        # leave no room for the connection's own producer.
+        channel.setTimeout(None)
+        transport.unregisterProducer()
+        protocol = self._factory.buildProtocol(transport.getPeer())
+        protocol.slot, channel.slot = channel.slot, None
+        channel.transport = None
+        hand_over(transport, protocol)
+        # The channel paused reading while it handled the request.
+        transport.resumeProducing()
+        head = [request.method, b" ", request.uri, b" HTTP/1.1\r\n"]
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            head += [name, b": ", b",".join(values), b"\r\n"]
+        head.append(b"\r\n")
+        protocol.dataReceived(b"".join(head))
+        return NOT_DONE_YET

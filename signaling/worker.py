@@ -249,9 +249,9 @@ def main() -> int:
     from .runner import run_service
     from .service import make_service
 
-    # The workers must never share one SQLite file. Their offline store is
-    # the cluster's, in Redis; until that store is wired in, each worker
-    # keeps offline messages in its own memory.
+    # Workers run in cluster mode (--workers needs --redis): their offline
+    # store is the cluster's, in Redis. No worker may ever open the --db
+    # SQLite file, which is not safe for several writers.
     config = replace(handoff.config, db=":memory:")
     inherited = InheritedSockets(range(3, 3 + handoff.sockets))
     try:

@@ -11,6 +11,10 @@ which spin the reactor themselves, and pytest tests run by pytest-twisted
 (``@pytest_twisted.inlineCallbacks`` with the :func:`server` fixture), which
 runs the reactor in a greenlet from its first such test on. Trial cannot
 run a reactor that is already running, so the trial classes run first.
+
+The run moves into a private network namespace with only loopback when it
+can (``netns.py``), and the browsers shared by the browser tests are closed
+at the end (``browser.py``).
 """
 
 import os
@@ -31,9 +35,17 @@ def pytest_configure(config):
     from hypothesis.configuration import set_hypothesis_home_dir
 
     set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+    # Before any thread starts: the run moves into a network namespace that
+    # has only loopback (when permitted), for WebRTC between browser pages.
+    import netns
+
+    netns.isolate()
 
 
 def pytest_unconfigure(config):
+    import browser
+
+    browser.quit_all()
     shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
 
 

@@ -120,21 +120,27 @@ class ConnectionRefused(Exception):
         self.reason = reason
 
 
+def record_protocols(factory: Any) -> list[Any]:
+    """Make ``factory`` remember every protocol it builds, in the returned list."""
+    built: list[Any] = []
+    original = factory.buildProtocol
+
+    def build(address: Any) -> Any:
+        protocol = original(address)
+        built.append(protocol)
+        return protocol
+
+    factory.buildProtocol = build
+    return built
+
+
 def connect(url: str, headers: dict[str, str] | None = None, client_class: type = Client,
             context_factory: Any = None) -> defer.Deferred:
     """Open a WebSocket connection; fires with the :class:`Client` once open."""
     factory = WebSocketClientFactory(url, headers=headers or {})
     factory.protocol = client_class
     factory.setProtocolOptions(autoPingInterval=0, failByDrop=False, openHandshakeTimeout=WAIT)
-    created: list[Client] = []
-    original = factory.buildProtocol
-
-    def build(address: Any) -> Any:
-        protocol = original(address)
-        created.append(protocol)
-        return protocol
-
-    factory.buildProtocol = build  # type: ignore[method-assign]
+    created = record_protocols(factory)
     connector = connectWS(factory, contextFactory=context_factory, timeout=WAIT)
     done: defer.Deferred = defer.Deferred()
 
@@ -188,6 +194,15 @@ class ServerTestCase(unittest.TestCase):
         self.http = f"http://127.0.0.1:{self.port}"
 
     @defer.inlineCallbacks
+    def restart_server(self) -> Any:
+        """Drop every client, stop this test's server and start it again with ``self.config``."""
+        for client in self.clients:
+            yield client.drop()
+        self.clients.clear()
+        yield self.service.stopService()
+        self.start_server(**self.config)
+
+    @defer.inlineCallbacks
     def _stop_server(self, service: Any) -> Any:
         for client in self.clients:
             yield client.drop()
@@ -237,6 +252,14 @@ class ServerTestCase(unittest.TestCase):
                  headers: dict[bytes, list[bytes]] | None = None) -> defer.Deferred:
         """(response, body bytes) for an HTTP request to this server."""
         return http_get(self.http + path, method, headers)
+
+
+class SqliteFileMixin:
+    """Put before :class:`ServerTestCase`: the server keeps its offline store in a SQLite file of the test's own."""
+
+    def setUp(self) -> Any:
+        self.config = dict(self.config, db=self.mktemp() + ".sqlite")
+        return super().setUp()
 
 
 def server_config(**overrides: Any) -> Config:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -141,12 +141,15 @@ class ServerProcess:
         args: Sequence[str],
         directory: str | os.PathLike[str],
         env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        """``preexec_fn`` runs in the child before the server (resource limits, say)."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log_path = self.directory / "server.log"
         self.argv = [sys.executable, *command, *args]
         self._env = environment(env)
+        self._preexec_fn = preexec_fn
         self._log_file: Any = None
         self.popen: subprocess.Popen | None = None
 
@@ -161,6 +164,7 @@ class ServerProcess:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self._preexec_fn,
         )
         self._log_start = self.log_path.stat().st_size
         return self
@@ -284,9 +288,14 @@ class ProcessTestCase(SystemTempMixin, unittest.TestCase):
         *args: str,
         env: dict[str, str] | None = None,
         directory: str | os.PathLike[str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> ServerProcess:
-        """Start a server process (in a new temp directory unless ``directory``)."""
-        server = ServerProcess(command, args, os.path.abspath(directory or self.mktemp()), env)
+        """
+        Start a server process (in a new temp directory unless ``directory``;
+        ``preexec_fn`` runs in the child first).
+        """
+        server = ServerProcess(command, args, os.path.abspath(directory or self.mktemp()), env,
+                               preexec_fn)
         server.start()
         self.addCleanup(server.kill)
         return server
@@ -299,13 +308,14 @@ class ProcessTestCase(SystemTempMixin, unittest.TestCase):
         env: dict[str, str] | None = None,
         directory: str | os.PathLike[str] | None = None,
         listeners: int = 1,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> Any:
         """
         Start a server with ``--interface 127.0.0.1`` and wait until it
         listens; fires with (process, first port).
         """
         server = self.spawn(command, "--interface", "127.0.0.1", *args,
-                            env=env, directory=directory)
+                            env=env, directory=directory, preexec_fn=preexec_fn)
         ports = yield server.listening(listeners)
         return server, ports[0]
 

@@ -293,6 +293,38 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(line["check"]["delivered"], line["check"]["expected"])
 
 
+    @defer.inlineCallbacks
+    def test_cluster_scenarios_against_real_servers(self) -> defer.Generator:
+        out, err, code = yield self._bench(
+            "--scenario", "cluster-relay", "--scenario", "workers-relay", "--pairs", "10",
+            "--duration", "1", "--drain", "3")
+        lines = self._lines(out)
+        self.assertEqual(code, 0, err.decode()[-2000:] + out.decode()[-3000:])
+        across, workers = lines
+        self.assertEqual([x["scenario"] for x in lines], ["cluster-relay", "workers-relay"])
+        self.assertTrue(all(x["ok"] and x["missing"] == 0 for x in lines))
+        self.assertEqual((across["servers"]["kind"], across["servers"]["count"]), ("nodes", 2))
+        self.assertEqual(len(set(across["servers"]["urls"])), 2)
+        self.assertEqual(workers["servers"]["kind"], "workers")
+        # Every message crossed nodes: one script call each (heartbeats aside).
+        self.assertTrue(0.9 <= across["redis_calls_per_msg"]["evalsha"] <= 1.1, across["redis_calls_per_msg"])
+        self.assertIn("cluster-relay", out.decode())
+
+
+    @defer.inlineCallbacks
+    def test_cross_node_hop(self) -> defer.Generator:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "signaling.bench.hop", "--count", "200", "--rate", "500", "--warmup", "20"],
+            env=environment(), path=directory)
+        self.assertEqual(code, 0, err.decode()[-2000:])
+        (line,) = self._lines(out)
+        self.assertEqual((line["delivered"], line["failed"], line["lat_ms"]["n"]), (220, 0, 200))
+        self.assertTrue(1.0 <= line["redis_calls_per_hop"]["evalsha"] <= 1.1, line)  # + heartbeats
+        self.assertGreater(line["python_cpu_us_per_hop"], 0)
+
+
 class TableTests(unittest.TestCase):
     """The summary table names every scenario and flags failures."""
 

@@ -82,8 +82,8 @@ class BasicTests(StoreTestCase):
     @defer.inlineCallbacks
     def test_unencodable_message_is_refused_before_redis(self):
         store = yield self.store()
-        with self.assertRaises(ValueError):
-            yield store.enqueue("bob", "m", {"type": "x", "n": float("nan")}, NOW)
+        with self.assertRaises(TypeError):
+            yield store.enqueue("bob", "m", {"type": "x", "n": object()}, NOW)
         self.assertEqual(store.count, 0)
 
     @defer.inlineCallbacks

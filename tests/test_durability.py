@@ -3,12 +3,18 @@ The offline store across restarts of a real server process: ``queued: true``
 is a promise that survives SIGKILL, and a clean stop keeps everything.
 """
 
+import json
+import os
 import signal
+import time
 
 from twisted.internet import defer, task
 
+from helpers import http_get
 from processes import MODULE, ProcessTestCase
+from signaling.messages import encode
 from signaling.tap import Options
+from test_sqlite_store import version_2_file
 
 #: Most messages the burst cut by SIGKILL may send.
 BURST = 5000
@@ -177,3 +183,30 @@ class DurabilityTests(ProcessTestCase):
         server, url = yield self.start_server()
         self.assertEqual((yield self.receive_offline(url)), [])
         self.assertEqual((yield self.receive_offline(url, "other")), [])
+
+
+class PoisonedStoreTests(ProcessTestCase):
+    """Issue 11, item 1: a row the server cannot read no longer stops it from starting."""
+
+    @defer.inlineCallbacks
+    def test_the_server_starts_on_a_store_poisoned_by_version_2(self):
+        directory = self.mkdtemp()
+        now = time.time()
+        version_2_file(os.path.join(directory, "offline.sqlite"), [
+            [1, "victim", "m1", now, encode({"type": "message", "from": "a", "n": 1})],
+            [2, "victim", "\ud800", now,
+             encode({"type": "message", "to": "victim", "messageId": "\ud800", "from": "mallory"})],
+            [3, "victim", "m3", now, encode({"type": "message", "from": "a", "n": 3})],
+        ])
+        server, port = yield self.start(MODULE, "--port", "0", "--db", "offline.sqlite",
+                                        directory=directory)
+        self.assertIn("row 2 cannot be loaded (message_id is not UTF-8", server.log)
+        _, body = yield http_get(f"http://127.0.0.1:{port}/stats")
+        self.assertEqual(json.loads(body)["offlineQuarantined"], 1)
+        _, body = yield http_get(f"http://127.0.0.1:{port}/metrics")
+        self.assertIn(b"\nsignaling_offline_quarantined 1.0\n", body)
+        victim = yield self.register(f"ws://127.0.0.1:{port}/", "victim")
+        delivered = yield self.until_pong(victim)
+        self.assertEqual([m["messageId"] for m in delivered], ["m1", "m3"])
+        server.send_signal(signal.SIGTERM)
+        self.assert_clean_exit(server, (yield server.wait_exit()))

@@ -153,6 +153,24 @@ class UnitFileTests(ProcessTestCase):
         self.assertEqual((float(stated.group(1)), float(stated.group(2))),
                          (self.exposure(text), self.exposure(variant)))
 
+    def test_workers_variant_verifies_and_parses(self):
+        """The commented --workers variant, swapped in as the unit says, is a valid unit."""
+        analyze = require_tool("systemd-analyze", "systemd")
+        text = UNIT.read_text()
+        [variant_exec] = [line[1:] for line in text.splitlines() if line.startswith("#ExecStart=")]
+        [groups] = [line[1:] for line in text.splitlines() if line.startswith("#SupplementaryGroups=")]
+        lines = [variant_exec if line.startswith("ExecStart=") else line for line in text.splitlines()]
+        unit = "\n".join(lines).replace("\n[Install]", f"\n{groups}\n\n[Install]") + "\n"
+        root = self.verify_root(unit)
+        result = subprocess.run([analyze, "verify", f"--root={root}", "signaling.service"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
+        self.assertLessEqual(self.exposure(unit), 2.0)
+        options = Options(environ={})
+        options.parseOptions(shlex.split(variant_exec[len("ExecStart="):])[4:])
+        self.assertEqual((options.config.workers, options.config.redis_url),
+                         (4, "unix:///run/redis/redis-server.sock"))
+
     def test_exec_start_options_parse(self):
         [line] = [line for line in UNIT.read_text().splitlines() if line.startswith("ExecStart=")]
         argv = shlex.split(line[len("ExecStart="):])

@@ -1,13 +1,15 @@
 """
 Property tests for the wire codec: hostile input never escapes as anything
-but ``ProtocolError(INVALID_MESSAGE)``, and what decodes encodes back.
+but ``ProtocolError(INVALID_MESSAGE)``, or ``INVALID_FIELD`` for a string
+that is not valid Unicode (a lone surrogate); what decodes encodes back, and
+every string it holds can be written as UTF-8.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
+import unicodedata
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -22,6 +24,7 @@ from signaling.messages import (
     decode,
     encode,
     offline_delivery,
+    stamp,
     validate_id,
 )
 
@@ -46,6 +49,17 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=5)
     | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=30,
+)
+#: Text that may hold lone surrogates (``st.text()`` never does).
+surrogate_text = st.text(
+    st.characters() | st.characters(categories=["Cs"]) | st.sampled_from("\ud83d\ude00"),
+    max_size=8,
+)
+surrogate_values = st.recursive(
+    st.none() | st.integers() | surrogate_text,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(surrogate_text, children, max_size=4),
+    max_leaves=20,
 )
 messages = st.builds(
     lambda type_, rest: {**rest, "type": type_},
@@ -83,6 +97,27 @@ HOSTILE = [
 HOSTILE_BYTES = [b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80"]
 
 
+def holds_lone_surrogate(value) -> bool:
+    """The oracle: a value holds a lone surrogate when UTF-8 cannot encode it."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def wire_form(payload):
+    """
+    ``payload`` as a WebSocket layer hands it to ``decode``: bytes stay
+    bytes, text that UTF-8 can carry stays text, and text it cannot (a raw
+    surrogate, which no frame can hold) arrives as the bytes a client would
+    have to send for it.
+    """
+    if isinstance(payload, str) and holds_lone_surrogate(payload):
+        return payload.encode("utf-8", "surrogatepass")
+    return payload
+
+
 def strict_loads(data: bytes):
     """Parse JSON the way a strict peer would: valid UTF-8, no NaN/Infinity."""
 
@@ -94,15 +129,25 @@ def strict_loads(data: bytes):
 
 class DecodeContractMixin:
     def assertDecodeContract(self, payload):
-        """``decode`` returns a message or raises INVALID_MESSAGE; nothing else."""
+        """
+        ``decode`` returns a message whose every string is valid Unicode, or
+        raises INVALID_MESSAGE, or INVALID_FIELD exactly when the JSON holds
+        a lone surrogate; nothing else.
+        """
+        payload = wire_form(payload)
         try:
             message = decode(payload)
         except ProtocolError as e:
-            self.assertEqual(e.code, INVALID_MESSAGE)
             self.assertIsInstance(e.text, str)
+            if e.code == INVALID_FIELD:
+                self.assertIn("must be valid Unicode text", e.text)
+                self.assertTrue(holds_lone_surrogate(json.loads(payload)), payload)
+            else:
+                self.assertEqual(e.code, INVALID_MESSAGE)
             return None
         self.assertIsInstance(message, dict)
         self.assertIsInstance(message["type"], str)
+        self.assertFalse(holds_lone_surrogate(message))
         self.assertRoundTrip(message)
         return message
 
@@ -167,6 +212,28 @@ class DecodePropertyTests(DecodeContractMixin, SynchronousTestCase):
             self.fail(f"{spliced!r} should not be UTF-8")
 
     @FUZZ
+    @given(st.dictionaries(surrogate_text, surrogate_values, max_size=4), surrogate_text,
+           st.booleans())
+    def test_lone_surrogates_anywhere(self, rest, type_, as_bytes):
+        """Refused with INVALID_FIELD naming where, wherever one hides; the rest is accepted."""
+        message = {**rest, "type": type_}
+        payload = json.dumps(message)  # lone surrogates become \\uXXXX escapes
+        # What the text means: a high surrogate escape followed by a low one
+        # is one character (a pair), whatever two code points made it.
+        meaning = json.loads(payload)
+        if as_bytes:
+            payload = payload.encode()
+        if not holds_lone_surrogate(meaning):
+            self.assertEqual(self.assertDecodeContract(payload), meaning)
+            return
+        with self.assertRaises(ProtocolError) as caught:
+            decode(payload)
+        self.assertEqual(caught.exception.code, INVALID_FIELD)
+        self.assertTrue(caught.exception.text.startswith(("'", "the key '")), caught.exception.text)
+        # The error text itself is valid Unicode, so it can be sent.
+        self.assertFalse(holds_lone_surrogate(caught.exception.text))
+
+    @FUZZ
     @given(json_values, st.sampled_from(["x", "type"]))
     def test_wrong_type_field(self, value, key):
         payload = json.dumps({key: value} if key == "type" else {"type": value})
@@ -228,15 +295,53 @@ class DecodeExampleTests(DecodeContractMixin, SynchronousTestCase):
 
         self.assertEqual(decode(nested(headroom)), message)
 
-    def test_lone_surrogates(self):
-        for escape in ("\\ud800", "\\udfff", "\\udfff\\ud800", "\\ud83d"):
-            message = decode('{"type":"%s","x":"%s"}' % (escape, escape))
-            wire = encode(message)
-            self.assertIn(escape.encode(), wire)
-            self.assertRoundTrip(message)
+    def assertField(self, payload, text):
+        with self.assertRaises(ProtocolError) as caught:
+            decode(payload)
+        self.assertEqual((caught.exception.code, caught.exception.text),
+                         (INVALID_FIELD, text + " must be valid Unicode text (it holds a lone surrogate)"))
 
-    def test_raw_lone_surrogate_text(self):
-        self.assertRoundTrip(decode('{"type":"\ud800"}'))
+    def test_the_store_poisoning_message(self):
+        """The message of issue 11, item 1: refused, naming the field."""
+        for payload in ('{"type":"message","to":"victim","messageId":"\\ud800"}',
+                        b'{"type":"message","to":"victim","messageId":"\\ud800"}'):
+            self.assertField(payload, "'messageId'")
+
+    def test_lone_surrogates_are_refused_with_their_place(self):
+        # (escape, the same text as a key is shown in the error)
+        for escape, shown in (("\\ud800", "\ufffd"), ("\\udfff", "\ufffd"),
+                              ("\\udfff\\ud800", "\ufffd\ufffd"), ("\\ud83d", "\ufffd"),
+                              ("\\uDBFF", "\ufffd"), ("x\\uDC00y", "x\ufffdy"),
+                              ("\\ud83d\\u0041", "\ufffdA")):
+            self.assertField('{"type":"%s"}' % escape, "'type'")
+            self.assertField('{"type":"t","x":"%s"}' % escape, "'x'")
+            self.assertField('{"type":"t","p":{"a":[1,"ok",{"b":"%s"}]}}' % escape, "'p.a[2].b'")
+            self.assertField('{"type":"t","p":{"%s":1}}' % escape, f"the key 'p.{shown}'")
+
+    def test_long_keys_are_cut_in_the_error(self):
+        self.assertField('{"type":"t","%s":"\\ud800"}' % ("k" * 1000), "'%s\u2026'" % ("k" * 32))
+
+    def test_keys_are_printable_in_the_error(self):
+        self.assertField('{"type":"t","p":{"a\\nb\\u0000\\u2028":"\\ud800"}}', "'p.a\ufffdb\ufffd\ufffd'")
+
+    def test_surrogate_pairs_are_one_character(self):
+        for text in ('{"type":"t","x":"\\ud83d\\ude00"}', '{"type":"t","x":"\\uD83D\\uDE00"}',
+                     '{"type":"t","x":"\U0001f600"}', b'{"type":"t","x":"\xf0\x9f\x98\x80"}'):
+            self.assertEqual(decode(text)["x"], "\U0001f600")
+
+    def test_escaped_backslashes_are_not_escapes(self):
+        """``\\\\ud800`` is a backslash and five letters, not a surrogate."""
+        self.assertEqual(decode('{"type":"t","x":"\\\\ud800"}')["x"], "\\ud800")
+
+    def test_utf8_encoded_lone_surrogates_are_not_utf8(self):
+        """The only other way to spell one: invalid UTF-8, refused as a whole."""
+        self.assertInvalid('{"type":"t","x":"\ud800"}'.encode("utf-8", "surrogatepass"))
+
+    def test_every_other_code_point_is_accepted(self):
+        for text in ("a\x00b", "\x7f", "\ufeff", "\uffff", "\U0010ffff", "\u2028", "\ue000"):
+            for payload in (json.dumps({"type": "t", "messageId": text}),
+                            json.dumps({"type": "t", "messageId": text}, ensure_ascii=False)):
+                self.assertEqual(decode(payload)["messageId"], text)
 
     def test_utf8_encoded_surrogate_bytes(self):
         self.assertInvalid(b'{"type":"\xed\xa0\x80"}')
@@ -260,21 +365,20 @@ class DecodeExampleTests(DecodeContractMixin, SynchronousTestCase):
                         '{"type":null}', '{"type":1}', '{"type":"t"} {}', "\ufeff{}"):
             self.assertInvalid(payload)
 
-    def test_encode_refuses_non_finite(self):
-        self.assertRaises(ValueError, encode, {"type": "t", "x": math.inf})
-
 
 class ValidateIdTests(SynchronousTestCase):
     """``validate_id`` accepts exactly the ids of PROTOCOL section 2."""
 
     @FUZZ
-    @given(st.one_of(json_values, st.text(min_size=1, max_size=200)))
+    @given(st.one_of(json_values, st.text(min_size=1, max_size=200), surrogate_text))
     @example("")
     @example("a" * MAX_ID_LENGTH)
     @example("a" * (MAX_ID_LENGTH + 1))
     @example("a\x00")
     @example("a\u2028")
     @example("\ud800")
+    @example("jose\u0301")
+    @example("e\u0301" * MAX_ID_LENGTH)
     def test_contract(self, value):
         try:
             result = validate_id(value, "peerId")
@@ -283,14 +387,32 @@ class ValidateIdTests(SynchronousTestCase):
             self.assertIn("'peerId'", e.text)
             self.assertFalse(
                 isinstance(value, str)
-                and 0 < len(value) <= MAX_ID_LENGTH
+                and 0 < len(unicodedata.normalize("NFC", value)) <= MAX_ID_LENGTH
                 and value.isprintable()
             )
             return
-        self.assertIs(result, value)
         self.assertIsInstance(result, str)
+        self.assertEqual(result, unicodedata.normalize("NFC", value))
+        if result == value:
+            self.assertIs(result, value)
         self.assertTrue(0 < len(result) <= MAX_ID_LENGTH)
         self.assertTrue(result.isprintable())
+        self.assertFalse(holds_lone_surrogate(result))
+        self.assertEqual(validate_id(result, "peerId"), result)
+
+    def test_nfc(self):
+        """Both spellings of josé are one id, the precomposed one."""
+        self.assertEqual(validate_id("jose\u0301", "peerId"), "jos\u00e9")
+        self.assertEqual(validate_id("jos\u00e9", "peerId"), "jos\u00e9")
+        # Hangul syllables compose too; compatibility forms (NFKC) are left alone.
+        self.assertEqual(validate_id("\u1100\u1161", "peerId"), "\uac00")
+        self.assertEqual(validate_id("\ufb01", "peerId"), "\ufb01")
+
+    def test_length_counts_the_normalized_id(self):
+        decomposed = "e\u0301" * MAX_ID_LENGTH  # twice the limit before NFC
+        self.assertEqual(validate_id(decomposed, "peerId"), "\u00e9" * MAX_ID_LENGTH)
+        with self.assertRaises(ProtocolError):
+            validate_id("e\u0301" * (MAX_ID_LENGTH + 1), "peerId")
 
 
 class OfflineDeliveryTests(SynchronousTestCase):
@@ -306,3 +428,63 @@ class OfflineDeliveryTests(SynchronousTestCase):
             "storedAt": stored, "deliveredAt": delivered,
         })
         self.assertEqual(offline_delivery(message_id, encode(original), stored, delivered), expected)
+
+
+#: What the server sets on a relayed message, as ``stamp`` takes it.
+server_fields = st.fixed_dictionaries(
+    {"from": st.text(min_size=1, max_size=8), "sender": st.text(min_size=1, max_size=8)},
+    optional={"to": st.text(min_size=1, max_size=8), "roomId": st.text(min_size=1, max_size=8),
+              "timestamp": st.integers(min_value=0, max_value=2**53)},
+)
+
+
+class StampTests(SynchronousTestCase):
+    """
+    Relaying without re-encoding: the raw text with the server's fields
+    appended is the same JSON object as the message re-encoded with them.
+    """
+
+    def assertSameObject(self, raw, changes):
+        message = decode(raw)
+        relayed = stamp(raw, message, changes)
+        self.assertEqual(json.loads(relayed), {**message, **changes})
+        self.assertEqual(decode(relayed), {**message, **changes})
+        return relayed
+
+    @FUZZ
+    @given(messages, server_fields, st.data())
+    def test_same_object_as_the_changed_message(self, message, changes, data):
+        # The client may already have sent some of the fields, with the same
+        # value (nothing to append) or another one (it must be replaced).
+        for key, value in changes.items():
+            choice = data.draw(st.sampled_from(["absent", "same", "other"]), label=key)
+            if choice == "same":
+                message[key] = value
+            elif choice == "other":
+                message[key] = data.draw(json_values, label=f"{key} value")
+        indent = data.draw(st.sampled_from([None, 0, 2]), label="indent")
+        ascii_only = data.draw(st.booleans(), label="ensure_ascii")
+        raw = json.dumps(message, indent=indent, ensure_ascii=ascii_only)
+        raw += data.draw(st.sampled_from(["", " ", "\n", "\r\n\t "]), label="trailing")
+        try:
+            decode(raw)
+        except ProtocolError:
+            return  # not a message the server relays
+        self.assertSameObject(raw, changes)
+        self.assertSameObject(raw.encode("utf-8"), changes)
+
+    def test_appends_to_the_raw_text(self):
+        raw = '{"type":"offer","to":"b","x":1e15,"s":"\\u00e9"} '
+        relayed = self.assertSameObject(raw, {"to": "b", "from": "a", "sender": "a"})
+        self.assertEqual(relayed, b'{"type":"offer","to":"b","x":1e15,"s":"\\u00e9","from":"a","sender":"a"}')
+
+    def test_forged_fields_are_replaced_not_repeated(self):
+        raw = '{"type":"offer","from":"mallory","sender":"mallory","to":"b"}'
+        relayed = self.assertSameObject(raw, {"to": "b", "from": "a", "sender": "a"})
+        self.assertEqual(relayed.count(b'"from"'), 1)
+        self.assertEqual(relayed.count(b'"sender"'), 1)
+
+    def test_duplicate_keys_keep_the_last_as_every_reader_does(self):
+        raw = '{"type":"offer","from":"mallory","from":"a","to":"b"}'
+        relayed = self.assertSameObject(raw, {"to": "b", "from": "a", "sender": "a"})
+        self.assertEqual(json.loads(relayed)["from"], "a")

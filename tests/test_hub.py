@@ -141,6 +141,16 @@ class RegisterTests(HubTestCase):
             "deviceInfo": {"os": "x"}, "timestamp": 1000000,
         }])
 
+    def test_device_fields_never_given(self):
+        watcher, _ = self.peer("w")
+        self.peer("p")
+        self.assertEqual(watcher.last(), {"type": "peer-status", "peerId": "p",
+                                          "status": "online", "timestamp": 1000000})
+        conn, session = self.connect()
+        self.send(session, {"type": "get-peers"})
+        [p] = [peer for peer in conn.last()["peers"] if peer["peerId"] == "p"]
+        self.assertEqual((p["deviceType"], p["deviceInfo"]), ("unknown", {}))
+
     def test_again_is_idempotent(self):
         watcher, _ = self.peer("w")
         conn, session = self.peer("p")

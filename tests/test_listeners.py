@@ -8,11 +8,12 @@ import json
 import os
 import socket
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.error import CannotListenError
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial import unittest
 
+from alpn import tls_exchange
 from certs import PKI
 from helpers import ConnectionRefused, connect, http_get, server_config, settle_autobahn_timers
 from processes import SystemTempMixin
@@ -190,9 +191,17 @@ class InheritedServingTests(SystemTempMixin, unittest.TestCase):
         config = server_config(port=None, listen=(description,))
         [sock] = self.parent_sockets(config)
         self.worker(config, [sock])
-        client = yield self.register(f"wss://127.0.0.1:{sock.getsockname()[1]}/", "a", self.trust)
+        port = sock.getsockname()[1]
+        client = yield self.register(f"wss://127.0.0.1:{port}/", "a", self.trust)
         self.assertEqual(client.transport.getPeerCertificate().get_serial_number(),
                          self.files.leaf.serial)
+        # A browser's ALPN offer is answered, also on an adopted ssl: socket.
+        selected, response = yield threads.deferToThread(
+            tls_exchange, port, str(self.files.root), ["h2", "http/1.1"],
+            b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", b"\x00",
+        )
+        self.assertEqual(selected, "http/1.1")
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 "), response)
 
     @defer.inlineCallbacks
     def test_socket_outlives_a_worker(self):

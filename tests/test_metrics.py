@@ -168,13 +168,14 @@ class GaugeTests(unittest.TestCase):
     def test_bound_values(self) -> None:
         m = Metrics(process=False)
         live = {"connections": 3, "rooms": 2, "peers": 1, "offlineStored": 7,
-                "offlineBytes": 900, "forwarded": 5}
+                "offlineBytes": 900, "offlineQuarantined": 2, "forwarded": 5}
         m.bind_stats(lambda: live)
         self.assertEqual(value(m, "signaling_connections"), 3)
         self.assertEqual(value(m, "signaling_rooms"), 2)
         self.assertEqual(value(m, "signaling_peers"), 1)
         self.assertEqual(value(m, "signaling_offline_messages"), 7)
         self.assertEqual(value(m, "signaling_offline_bytes"), 900)
+        self.assertEqual(value(m, "signaling_offline_quarantined"), 2)
         live["connections"] = 10
         self.assertEqual(value(m, "signaling_connections"), 10)
 
@@ -237,7 +238,8 @@ class DocumentationTests(unittest.TestCase):
         documented = set(re.findall(r"\| `(signaling_[a-z_]+)`", doc.read_text("utf-8")))
         metrics = Metrics(process=False)
         metrics.bind_stats(lambda: dict.fromkeys(
-            ("connections", "rooms", "peers", "offlineStored", "offlineBytes"), 0
+            ("connections", "rooms", "peers", "offlineStored", "offlineBytes",
+             "offlineQuarantined", "sockets"), 0
         ))
         body, _ = metrics.render()
         exported = set()

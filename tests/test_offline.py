@@ -1,10 +1,10 @@
 """The offline store through the protocol (PROTOCOL section 5)."""
 
-import os
+import json
 
 from twisted.internet import defer
 
-from helpers import ServerTestCase
+from helpers import ServerTestCase, SqliteFileMixin, wait_for
 
 
 class OfflineTests(ServerTestCase):
@@ -96,8 +96,8 @@ class OfflineTests(ServerTestCase):
         sender.send({"type": "offer", "to": "later", "offer": {}})
         yield sender.expect("peer-offline")
         self.assertEqual(self.store.count, 1)
-        self.clock.advance(61)  # the 60 s sweep runs
-        self.assertEqual(self.store.count, 0)
+        self.clock.advance(61)  # the 60 s sweep runs (in cluster mode: in Redis, so wait)
+        yield wait_for(lambda: self.store.count == 0, "the expiry sweep")
         self.assertEqual(self.store.total_bytes, 0)
 
     @defer.inlineCallbacks
@@ -129,7 +129,9 @@ class OfflineTests(ServerTestCase):
 
 
 class StoreByteLimitTests(ServerTestCase):
-    config = {"offline_max_bytes": 400, "offline_max_peers": 2}
+    # One sender may use the whole store here, to reach the global caps.
+    config = {"offline_max_bytes": 400, "offline_max_peers": 2,
+              "offline_max_bytes_per_sender": 10**6}
 
     @defer.inlineCallbacks
     def test_global_caps_refuse(self):
@@ -137,7 +139,7 @@ class StoreByteLimitTests(ServerTestCase):
         sender.send({"type": "offer", "to": "a", "offer": {"sdp": "x" * 200}})
         yield sender.expect("peer-offline")
         sender.send({"type": "offer", "to": "a", "offer": {"sdp": "x" * 200}})
-        yield sender.expect_error("QUEUE_FULL")
+        self.assertEqual((yield sender.expect_error("QUEUE_FULL"))["error"], "offline store is full")
         sender.send({"type": "offer", "to": "b", "offer": {}})
         yield sender.expect("peer-offline")
         sender.send({"type": "offer", "to": "c", "offer": {}})
@@ -145,12 +147,8 @@ class StoreByteLimitTests(ServerTestCase):
         self.assertEqual(self.store.count, 2)
 
 
-class SqliteOfflineTests(OfflineTests):
+class SqliteOfflineTests(SqliteFileMixin, OfflineTests):
     """The same behaviour with the durable store on a real SQLite file."""
-
-    def setUp(self):
-        self.config = dict(OfflineTests.config, db=os.path.join(self.mktemp() + ".sqlite"))
-        return super().setUp()
 
     @defer.inlineCallbacks
     def test_survives_restart(self):
@@ -158,12 +156,51 @@ class SqliteOfflineTests(OfflineTests):
         for i in range(3):
             sender.send({"type": "offer", "to": "later", "messageId": f"m{i}", "offer": {}})
             yield sender.expect("peer-offline")
-        yield sender.drop()
-        self.clients.clear()
-        yield self.service.stopService()
-        self.start_server(**self.config)
+        yield self.restart_server()
         later = yield self.register("later")
         ids = []
         for _ in range(3):
             ids.append((yield later.expect("offline-message"))["messageId"])
         self.assertEqual(ids, ["m0", "m1", "m2"])
+
+
+class UnicodeTextTests(SqliteFileMixin, ServerTestCase):
+    """Issue 11, item 1, over real sockets with a real SQLite file and a restart."""
+
+    @defer.inlineCallbacks
+    def test_a_lone_surrogate_is_refused_and_nothing_is_stored(self):
+        sender = yield self.register("mallory")
+        sender.send('{"type":"message","to":"victim","messageId":"\\ud800"}')
+        error = yield sender.expect_error("INVALID_FIELD")
+        self.assertEqual(
+            error["error"], "'messageId' must be valid Unicode text (it holds a lone surrogate)"
+        )
+        self.assertNotIn("messageId", error)  # the refused id is not echoed back
+        sender.send('{"type":"message","to":"victim","payload":{"text":"a\\udc00"}}')
+        error = yield sender.expect_error("INVALID_FIELD")
+        self.assertIn("'payload.text'", error["error"])
+        self.assertEqual(self.store.count, 0)
+        yield self.restart_server()
+        self.assertEqual((self.store.count, self.store.quarantined), (0, 0))
+
+    @defer.inlineCallbacks
+    def test_every_character_is_stored_and_delivered_exactly(self):
+        texts = ["a\x00b", "\x00", "\U0001f600", "\u2028\u2029", "\ufeff", "\U0010ffff",
+                 "\x7f\x1f", '"\\', "e\u0301", "\uffff"]
+        sender = yield self.register("s\u00e9nder")
+        sent = []
+        for n, text in enumerate(texts):
+            message = {"type": "message", "to": "later", "messageId": f"{n}:{text}",
+                       "payload": {text: text, "n": n}, "timestamp": n}
+            # As escapes and as raw UTF-8, the two ways a client may write it.
+            sender.send(json.dumps(message, ensure_ascii=n % 2 == 0))
+            queued = yield sender.expect("peer-offline")
+            self.assertEqual(queued["messageId"], message["messageId"])
+            sent.append(message)
+        yield self.restart_server()
+        later = yield self.register("later")
+        for message in sent:
+            delivered = yield later.expect("offline-message")
+            self.assertEqual(delivered["messageId"], message["messageId"])
+            self.assertEqual(delivered["originalMessage"],
+                             dict(message, **{"from": "s\u00e9nder", "sender": "s\u00e9nder"}))

@@ -92,6 +92,7 @@ class MetricsAfterTrafficTests(ServerTestCase):
         self.assertEqual(sample(s, "signaling_offline_messages"), 1)
         self.assertEqual(sample(s, "signaling_offline_bytes"), self.store.total_bytes)
         self.assertGreater(self.store.total_bytes, 0)
+        self.assertEqual(sample(s, "signaling_offline_quarantined"), 0)
         # Every non-control message is timed: 3 offers, 1 answer, 1 x-custom, 1 chat.
         self.assertEqual(sample(s, "signaling_relay_latency_seconds_count"), 6)
         self.assertEqual(sample(s, "signaling_build_info", version=__version__), 1)
@@ -202,7 +203,7 @@ class StatsCountersTests(ServerTestCase):
         del stats["uptime"], stats["offlineBytes"]
         self.assertEqual(stats, {
             "connections": 5, "connectionsTotal": 7, "peers": 3, "rooms": 1,
-            "forwarded": 5, "offlineQueued": 3, "offlineStored": 1,
+            "forwarded": 5, "offlineQueued": 3, "offlineStored": 1, "offlineQuarantined": 0,
         })
         _, body = yield self.http_get("/metrics")
         s = parse_metrics(body)
@@ -268,3 +269,19 @@ class DrainTests(ServerTestCase):
         yield stubborn.wait_closed()
         yield stopping
         self.assertEqual(self.registry.sessions, set())
+
+    @defer.inlineCallbacks
+    def test_idle_http_connections_are_cut_at_the_end(self):
+        """
+        A keep-alive HTTP connection that asks nothing during the drain does
+        not outlive the service: an embedding application gets every socket
+        back when ``stopService`` fires.
+        """
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        idle = Agent(reactor, pool=pool)
+        response, _ = yield http_get(self.http + "/health", agent=idle)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.service.gate.open, 1)
+        yield self.service.stopService()
+        self.assertEqual(self.service.gate.open, 0)

@@ -25,6 +25,23 @@ class RegisterTests(ServerTestCase):
         phone.assert_quiet()
 
     @defer.inlineCallbacks
+    def test_presence_leaves_out_device_fields_not_registered(self):
+        """As the peer seed did: no nulls that break ``peer.deviceInfo.name``."""
+        self.clock.advance(3)
+        watcher = yield self.register("watcher")
+        bare = yield self.register("bare")
+        online = yield watcher.expect("peer-status")
+        self.assertEqual(online, {"type": "peer-status", "peerId": "bare", "status": "online",
+                                  "timestamp": 3000})
+        yield self.register("typed", deviceType="mobile")
+        online = yield watcher.expect("peer-status")
+        self.assertEqual((online["deviceType"], "deviceInfo" in online), ("mobile", False))
+        yield bare.drop()
+        offline = yield watcher.expect("peer-status")
+        self.assertEqual(offline, {"type": "peer-status", "peerId": "bare", "status": "offline",
+                                   "timestamp": 3000})
+
+    @defer.inlineCallbacks
     def test_register_again_same_id_is_idempotent(self):
         other = yield self.register("other")
         client = yield self.register("p1")
@@ -141,8 +158,8 @@ class DirectedTests(ServerTestCase):
         reply = yield a.expect("peers-list", skip=("peer-status",))
         self.assertEqual(reply["count"], 2)
         self.assertEqual(reply["peers"], [
-            {"peerId": "b", "deviceType": "mobile", "deviceInfo": None, "connectedAt": 101000},
-            {"peerId": "c", "deviceType": None, "deviceInfo": None, "connectedAt": 101000},
+            {"peerId": "b", "deviceType": "mobile", "deviceInfo": {}, "connectedAt": 101000},
+            {"peerId": "c", "deviceType": "unknown", "deviceInfo": {}, "connectedAt": 101000},
         ])
         self.assertNotIn("nextCursor", reply)
 

@@ -16,9 +16,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python import usage
 from twisted.trial import unittest
+from twisted.web.client import Agent
 
 from credentials import turn_password, write_public_key
-from helpers import ConnectionRefused, ServerTestCase, connect, wait_for
+from helpers import ConnectionRefused, ServerTestCase, connect, http_get, wait_for
 from signaling.tap import Options
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
@@ -329,7 +330,13 @@ class PerAddressFloodTests(ServerTestCase):
             self.assertIn("503", str(error))
         for client in opened:
             yield self.roundtrip(client)
+        # An HTTP request counts against the cap too, from accept on...
         response, body = yield self.http_get("/health")
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"10"])
+        # ...and /health from another address still counts open WebSockets only.
+        response, body = yield http_get(self.http + "/health", agent=Agent(
+            reactor, bindAddress=("127.0.0.2", 0)))
         self.assertEqual(json.loads(body)["connections"]["current"], 2)
         # The refused handshakes hold no slot: closing one admits a new one.
         yield opened[0].drop()
@@ -427,14 +434,15 @@ class SlowConsumerTests(ServerTestCase):
             sender.send({"type": "message", "to": "healthy", "payload": sent})
             message = yield healthy.expect("message", skip=("peer-status",))
             self.assertEqual((message["from"], message["payload"]), ("sender", sent))
-        yield wait_for(lambda: slow_session not in self.registry.sessions,
-                       "the slow consumer's session to go")
-        self.assertNotIn("slow", self.registry.peers)
-        self.assertEqual(slow_session.conn.localCloseCode, 1013)
+        yield wait_for(lambda: slow_session.conn.localCloseCode == 1013,
+                       "the server to close the slow consumer")
         # A client that reads again promptly gets the close frame (docs/protocol.md).
         slow.transport.resumeProducing()
         yield slow.wait_closed()
         self.assertEqual(slow.close_code, 1013)
+        yield wait_for(lambda: slow_session not in self.registry.sessions,
+                       "the slow consumer's session to go")
+        self.assertNotIn("slow", self.registry.peers)
         # Everyone else is still served.
         sender.send({"type": "message", "to": "healthy", "payload": "after"})
         message = yield healthy.expect("message", skip=("peer-status",))

@@ -4,18 +4,31 @@ Tests for the durable offline store, on real SQLite files in temp dirs.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
 
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from helpers import capture_log_lines
 from processes import environment
 from signaling import sqlite_store
-from signaling.sqlite_store import SCHEMA_VERSION, SqliteStore, StoreOpenError, read_schema
+from signaling import store as store_module
+from signaling.messages import ProtocolError, encode, offline_delivery, validate_id
+from signaling.sqlite_store import (
+    QUARANTINE_LOG_LIMIT, SCHEMA_VERSION, SqliteStore, StoreOpenError, read_schema,
+)
 from signaling.store import IOfflineStore, QueueFull, StoreLimits
 
 #: The helper process that writes to the store until it is killed.
@@ -38,6 +51,15 @@ def msg(n, **extra):
 def ids(entries):
     """Message ids of stored entries, in order."""
     return [entry.message_id for entry in entries]
+
+
+def is_valid_id(text):
+    """Whether the server accepts ``text`` as an id."""
+    try:
+        validate_id(text, "id")
+    except ProtocolError:
+        return False
+    return True
 
 
 def schema_of(path):
@@ -477,3 +499,309 @@ class KillTests(StoreTestCase):
             self.assertEqual(stored[f"peer-{p}"][: len(mine)], mine)
         everything = [m for queue in stored.values() for m in queue]
         self.assertEqual(len(everything), len(set(everything)))
+
+
+# -- text stored exactly, unreadable rows set aside ---------------------------------------
+
+#: How version 2 wrote rows: every text through SQLite's JSON functions, which
+#: cut a string at U+0000 and turn an escaped lone surrogate into bytes that
+#: are not UTF-8.
+VERSION_2_INSERT = (
+    "INSERT INTO messages (seq, recipient, message_id, stored_at, body)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
+    " json_extract(value, '$[4]') FROM json_each(?)"
+)
+
+
+def version_2_file(path, rows):
+    """A version 2 store holding ``rows`` (seq, recipient, message id, stored at, body) as version 2 wrote them."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(read_schema("v1.sql") + read_schema("upgrade-to-v2.sql"))
+    conn.execute("INSERT INTO version VALUES (2)")
+    rows = [[*row[:4], row[4].decode("ascii") if isinstance(row[4], bytes) else row[4]]
+            for row in rows]  # version 2 passed the encoded body as text
+    conn.execute(VERSION_2_INSERT, (json.dumps(rows),))
+    conn.close()
+
+
+def quarantine_rows(path):
+    """Every row of the quarantine table, texts as bytes."""
+    conn = sqlite3.connect(path)
+    conn.text_factory = bytes
+    try:
+        return conn.execute(
+            "SELECT seq, reason, recipient, message_id, sender, stored_at, body"
+            " FROM quarantine ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+class UnreadableRowTests(StoreTestCase):
+    """A row the server cannot load is set aside, logged once and counted; the store starts."""
+
+    def setUp(self):
+        super().setUp()
+        self.warnings = capture_log_lines(self, "offline store")
+
+    def set_aside_lines(self):
+        return [line for line in self.warnings if "moved to table quarantine" in line]
+
+    @defer.inlineCallbacks
+    def test_the_lone_surrogate_row_of_version_2(self):
+        """Issue 11: one '\\ud800' messageId stopped every later start."""
+        poisoned = {"type": "message", "to": "victim", "messageId": "\ud800", "from": "mallory"}
+        version_2_file(self.path, [
+            [1, "victim", "m1", NOW, encode(msg(1))],
+            [2, "victim", "\ud800", NOW, encode(poisoned)],
+            [3, "victim", "m3", NOW, encode(msg(3))],
+        ])
+        # What stopped the old server: the file cannot be read as text.
+        conn = sqlite3.connect(self.path)
+        with self.assertRaisesRegex(sqlite3.OperationalError, "Could not decode to UTF-8"):
+            conn.execute("SELECT message_id FROM messages").fetchall()
+        conn.close()
+
+        store = self.open()
+        self.assertEqual(ids(store.pending("victim", NOW)), ["m1", "m3"])
+        self.assertEqual(store.quarantined, 1)
+        [(seq, reason, recipient, message_id, sender, stored_at, body)] = quarantine_rows(self.path)
+        self.assertEqual((seq, recipient, message_id, stored_at, body),
+                         (2, b"victim", b"\xed\xa0\x80", NOW, encode(poisoned)))
+        self.assertEqual(sender, b"mallory")  # the upgrade read it from the body's "from"
+        self.assertIn(b"message_id is not UTF-8", reason)
+        [line] = self.set_aside_lines()
+        self.assertIn("row 2 cannot be loaded (message_id is not UTF-8", line)
+
+        # Set aside once: the next start neither sees nor logs it again.
+        yield store.enqueue("victim", "m4", msg(4), NOW)
+        store = yield self.reopen(store)
+        self.assertEqual(ids(store.pending("victim", NOW)), ["m1", "m3", "m4"])
+        self.assertEqual(store.quarantined, 1)
+        self.assertEqual(len(self.set_aside_lines()), 1)
+        self.assertEqual(len(quarantine_rows(self.path)), 1)
+
+    @defer.inlineCallbacks
+    def test_every_kind_of_bad_row(self):
+        yield self.open().close()
+        # (recipient, message_id, sender, stored_at, body, words of the reason); bytes
+        # are written as text holding exactly those bytes, as another program could.
+        bad = [
+            (b"\xff", "m", None, NOW, "{}", "recipient is not UTF-8"),
+            ("bob\x01", "m", None, NOW, encode(msg(0)), "recipient is not a valid id"),
+            ("", "m", None, NOW, encode(msg(0)), "recipient is not a valid id"),
+            ("bob", b"\xc0\x80", None, NOW, encode(msg(0)), "message_id is not UTF-8"),
+            ("bob", "m", b"\xed\xbf\xbf", NOW, encode(msg(0)), "sender is not UTF-8"),
+            ("bob", "m", "\n", NOW, encode(msg(0)), "sender is not a valid id"),
+            ("bob", "m", None, "yesterday", encode(msg(0)), "stored_at is not a number"),
+            ("bob", "m", None, NOW, '{"type":', "body is not a message: message is not valid JSON"),
+            ("bob", "m", None, NOW, "[1,2]", "body is not a message: message must be a JSON object"),
+            ("bob", "m", None, NOW, '{"type":"x","n":NaN}', "body is not a message: message is not"),
+            ("bob", "m", None, NOW, '{"type":1}', "body is not a message: message needs a string"),
+            ("bob", "m", None, NOW, b'{"type":"\xff"}', "body is not a message: message is not valid UTF-8"),
+            ("bob", "m", None, NOW, '{"type":"x","p":"\\ud800"}',
+             "body is not a message: 'p' must be valid Unicode text"),
+        ]
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        seq = 0
+        for number, row in enumerate(bad):
+            seq += 1
+            conn.execute("INSERT INTO messages VALUES (?, 'bob', ?, ?, ?, 'alice')",
+                         (seq, f"good{number}", NOW, encode(msg(number)).decode()))
+            seq += 1
+            recipient, message_id, sender, stored_at, body, _ = row
+            values = (recipient, message_id, stored_at, body, sender)
+            places = ", ".join("CAST(? AS TEXT)" if isinstance(v, bytes) else "?" for v in values)
+            conn.execute(f"INSERT INTO messages VALUES (?, {places})", (seq, *values))
+        conn.close()
+
+        store = self.open()
+        self.assertEqual(ids(store.pending("bob", NOW)), [f"good{n}" for n in range(len(bad))])
+        self.assertEqual(store.quarantined, len(bad))
+        found = quarantine_rows(self.path)
+        self.assertEqual([row[0] for row in found], list(range(2, 2 * len(bad) + 1, 2)))
+        for kept, (recipient, message_id, sender, stored_at, body, words) in zip(found, bad):
+            self.assertIn(words, kept[1].decode())
+            # Every column kept byte for byte, for the operator.
+            as_bytes = [v.encode() if isinstance(v, str) else v for v in (recipient, message_id, sender)]
+            self.assertEqual(list(kept[2:5]), as_bytes)
+            self.assertEqual(kept[5], stored_at.encode() if isinstance(stored_at, str) else stored_at)
+            self.assertEqual(kept[6], body.encode() if isinstance(body, str) else body)
+        self.assertEqual(len(self.set_aside_lines()), len(bad))
+        # New rows get seqs after every row seen, set aside or not.
+        yield store.enqueue("bob", "new", msg(99), NOW)
+        yield store.flush()
+        conn = sqlite3.connect(self.path)
+        self.assertEqual(conn.execute("SELECT max(seq) FROM messages").fetchone(), (2 * len(bad) + 1,))
+        conn.close()
+
+    @defer.inlineCallbacks
+    def test_text_utf8_cannot_hold_fails_alone(self):
+        """Never written: ``decode`` refuses it, and the store refuses it on its own too."""
+        store = self.open()
+        good = store.enqueue("bob", "m1", msg(1), NOW)
+        for recipient, message_id, sender in (("bob", "\ud800", None), ("b\udc00", "m", None),
+                                              ("bob", "m", "\udfff")):
+            yield self.assertFailure(
+                store.enqueue(recipient, message_id, msg(2), NOW, sender), UnicodeEncodeError
+            )
+        yield good
+        self.assertEqual((ids(store.pending("bob", NOW)), store.count), (["m1"], 1))
+        store = yield self.reopen(store)
+        self.assertEqual((ids(store.pending("bob", NOW)), store.quarantined), (["m1"], 0))
+
+    def test_many_bad_rows_are_logged_with_a_summary(self):
+        version_2_file(self.path, [[n, "bob", f"m{n}", NOW, "not json"] for n in range(1, 31)])
+        store = self.open()
+        self.assertEqual((store.count, store.quarantined), (0, 30))
+        lines = self.set_aside_lines()
+        self.assertEqual(len(lines), QUARANTINE_LOG_LIMIT + 1)
+        self.assertIn(f"{30 - QUARANTINE_LOG_LIMIT} more rows cannot be loaded", lines[-1])
+        self.assertIn("set aside 30 unreadable (30 in table quarantine)", self.warnings[-1])
+
+    def test_a_decomposed_recipient_of_version_2_is_delivered_to_its_nfc_id(self):
+        version_2_file(self.path, [[1, "jose\u0301", "m1", NOW, encode(msg(1))]])
+        store = self.open()
+        self.assertEqual(ids(store.pending("jos\u00e9", NOW)), ["m1"])
+        self.assertEqual(store.quarantined, 0)
+
+    @defer.inlineCallbacks
+    def test_version_2_senders_come_from_the_bodies(self):
+        """The per-sender quota holds for rows written before the sender column existed."""
+        version_2_file(self.path, [
+            [1, "bob", "m1", NOW, encode(msg(1))],  # from alice
+            [2, "bob", "m2", NOW, encode({"type": "offer", "from": "carol"})],
+            [3, "bob", "m3", NOW, encode({"type": "offer", "from": 5})],
+            [4, "bob", "m4", NOW, encode({"type": "offer"})],
+        ])
+        size = len(encode(msg(1)))
+        store = self.open(StoreLimits(max_bytes_per_sender=size))
+        self.assertEqual([entry.sender for entry in store.pending("bob", NOW)],
+                         ["alice", "carol", None, None])
+        yield self.assertFailure(store.enqueue("dave", "x", msg(1), NOW, sender="alice"), QueueFull)
+        yield store.enqueue("dave", "x", msg(1), NOW, sender="erin")
+
+
+class DrivenReactor:
+    """
+    The part of a reactor :class:`SqliteStore` uses, run by the test's own
+    thread: ``callLater`` and ``callFromThread`` queue calls, and :meth:`wait`
+    runs them in order until a Deferred has fired. The store, its writer
+    thread and the SQLite file are the real ones; this lets Hypothesis, which
+    cannot wait for a reactor, drive them.
+    """
+
+    def __init__(self, now):
+        self.now = now
+        self._calls = queue.SimpleQueue()
+
+    def seconds(self):
+        return self.now
+
+    def callLater(self, delay, f, *args, **kwargs):
+        self._calls.put((f, args, kwargs))
+
+    def callFromThread(self, f, *args, **kwargs):
+        self._calls.put((f, args, kwargs))
+
+    def wait(self, d, timeout=30.0):
+        """Run queued calls until ``d`` fires; its result (or its error, raised)."""
+        results = []
+        d.addBoth(results.append)
+        deadline = time.monotonic() + timeout
+        while not results:
+            f, args, kwargs = self._calls.get(timeout=max(0.0, deadline - time.monotonic()))
+            f(*args, **kwargs)
+        if isinstance(results[0], Failure):
+            results[0].raiseException()
+        return results[0]
+
+
+def utf8_encode(message):
+    """``encode`` writing UTF-8 as UTF-8, as the wire encoder is about to."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+#: Every code point but the surrogates, with the awkward ones often.
+ANY_CHAR = st.characters(exclude_categories=["Cs"]) | st.sampled_from(
+    ["\x00", "\x7f", "\u2028", "\ufeff", "\uffff", "\U0010ffff", "\U0001f600", "\u0301", '"', "\\"]
+)
+ANY_TEXT = st.text(ANY_CHAR, max_size=12)
+#: Printable characters (what ids are made of), combining accents often.
+ID_CHAR = st.characters(exclude_categories=["Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp", "Zs"]) \
+    | st.sampled_from([" ", "e", "\u0301", "\u00e9", "\U0001f600"])
+IDS = st.text(ID_CHAR, min_size=1, max_size=12).filter(is_valid_id).map(lambda i: validate_id(i, "id"))
+BODIES = st.builds(
+    lambda type_, rest: {**rest, "type": type_},
+    ANY_TEXT,
+    st.dictionaries(ANY_TEXT, st.recursive(
+        st.none() | st.integers() | ANY_TEXT,
+        lambda children: st.lists(children, max_size=3) | st.dictionaries(ANY_TEXT, children, max_size=3),
+        max_leaves=8,
+    ), max_size=4),
+)
+ROWS = st.lists(
+    st.tuples(IDS, st.text(ANY_CHAR, min_size=1, max_size=12), st.none() | IDS, BODIES),
+    min_size=1, max_size=6,
+)
+
+
+class ExactTextPropertyTests(unittest.SynchronousTestCase):
+    """Whatever valid text goes in comes back byte for byte, through the file and a restart."""
+
+    def round_trip(self, rows):
+        directory = tempfile.mkdtemp(prefix="signaling-exact-")
+        path = os.path.join(directory, "offline.sqlite")
+        limits = StoreLimits(max_per_peer=100, max_bytes=10**8, max_bytes_per_sender=10**8)
+        try:
+            reactor = DrivenReactor(NOW)
+            store = SqliteStore.open(path, limits, reactor, now=NOW)
+            stored = reactor.wait(defer.gatherResults([
+                store.enqueue(recipient, message_id, body, NOW, sender)
+                for recipient, message_id, sender, body in rows
+            ]))
+            reactor.wait(store.close())
+
+            # What any other program reads from the file: the exact text.
+            conn = sqlite3.connect(path)
+            on_disk = conn.execute(
+                "SELECT recipient, message_id, sender, body FROM messages ORDER BY seq"
+            ).fetchall()
+            conn.close()
+            self.assertEqual(on_disk, [(e.recipient, e.message_id, e.sender, e.body.decode())
+                                       for e in stored])
+
+            store = SqliteStore.open(path, limits, reactor, now=NOW)  # the restart
+            self.assertEqual(store.quarantined, 0)
+            loaded = {}
+            for recipient, *_ in rows:
+                loaded[recipient] = store.pending(recipient, NOW)
+            reactor.wait(store.close())
+            by_recipient = {}
+            for (recipient, message_id, sender, body), entry in zip(rows, stored):
+                self.assertEqual(entry.body, store_module.encode(body))
+                by_recipient.setdefault(recipient, []).append((message_id, sender, entry.body))
+            for recipient, entries in loaded.items():
+                self.assertEqual([(e.message_id, e.sender, e.body) for e in entries],
+                                 by_recipient[recipient])
+                for entry in entries:
+                    # And as its recipient receives it.
+                    delivered = json.loads(offline_delivery(entry.message_id, entry.body, 1, 2))
+                    self.assertEqual(delivered["messageId"], entry.message_id)
+                    self.assertEqual(delivered["originalMessage"], json.loads(entry.body))
+        finally:
+            shutil.rmtree(directory)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(ROWS)
+    @example([("jos\u00e9", "a\x00b", "\U0001f600", {"type": "t\x00", "p": "\x00\U0010ffff"})])
+    def test_ascii_escaped_bodies(self, rows):
+        self.round_trip(rows)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(ROWS)
+    @example([("bob", "\u2028", None, {"type": "t", "\u2028": "\U0001f600\x00"})])
+    def test_utf8_bodies(self, rows):
+        self.patch(store_module, "encode", utf8_encode)
+        self.round_trip(rows)

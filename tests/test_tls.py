@@ -18,7 +18,6 @@ from twisted.internet import defer, protocol, threads
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
-    serverFromString,
     wrapClientTLS,
     wrapServerTLS,
 )
@@ -33,10 +32,12 @@ from signaling.tls import (
     ReloadableTLS,
     TLSConfigError,
     check_listen_description,
+    listen_endpoint,
     load_certificate_options,
     tls_from_options,
     tls_server_endpoint,
 )
+from alpn import ALPN_OFFERS, tls_exchange
 from certs import PKI, pem_private_key
 from helpers import capture_log
 
@@ -117,7 +118,7 @@ class TLSTestCase(unittest.TestCase):
                 _reactor(), 0, context_factory, interface="127.0.0.1"
             )
         else:
-            endpoint = serverFromString(_reactor(), description)
+            endpoint = listen_endpoint(_reactor(), description)
         port = yield endpoint.listen(factory)
         self.addCleanup(self._close_server, port, factory)
         return port.getHost().port
@@ -224,15 +225,32 @@ class ChainTests(TLSTestCase):
         yield self.assert_verified_exchange(port, self.files.leaf.serial)
 
     @defer.inlineCallbacks
-    def test_ssl_description_with_fullchain_drops_chain(self):
-        """Why check_listen_description refuses a fullchain certKey: Twisted drops the chain."""
+    def test_ssl_description_with_fullchain_sends_chain(self):
+        """
+        Twisted's own ``ssl:`` parser sends only the first certificate of
+        ``certKey``; listen_endpoint loads it like --tls-cert, chain included.
+        """
         description = (
             f"ssl:0:interface=127.0.0.1:privateKey={self.files.key}"
             f":certKey={self.files.fullchain}"
         )
-        self.assertRaises(TLSConfigError, check_listen_description, description)
+        check_listen_description(description)
         port = yield self.serve(None, description)
-        yield self.assert_verify_fails(port)
+        yield self.assert_verified_exchange(port, self.files.leaf.serial)
+
+    def test_ssl_description_options_twisted_has_but_the_policy_fixes(self):
+        for option in ("sslmethod=TLSv1_METHOD", "dhParameters=dh.pem", "nonsense=1"):
+            description = f"ssl:0:privateKey={self.files.key}:{option}"
+            error = self.assertRaises(TLSConfigError, check_listen_description, description)
+            self.assertIn(repr(option.split("=")[0]), str(error))
+
+    def test_ssl_description_port_forms(self):
+        keywords = f"privateKey={self.files.key}:certKey={self.files.cert}"
+        for description in (f"ssl:8443:{keywords}", f"ssl:port=8443:{keywords}:backlog=7"):
+            check_listen_description(description)
+            listen_endpoint(_reactor(), description)
+        self.assertRaises(TLSConfigError, check_listen_description, f"ssl:{keywords}")
+        self.assertRaises(TLSConfigError, check_listen_description, f"ssl:x:{keywords}")
 
     def test_check_listen_description_ignores_other_types(self):
         check_listen_description("tcp:9001")
@@ -324,6 +342,70 @@ class PolicyTests(TLSTestCase):
         in_force = options.getContext().set_options(0)
         for flag in (SSL.OP_NO_COMPRESSION, SSL.OP_NO_TLSv1, SSL.OP_NO_TLSv1_1):
             self.assertTrue(in_force & flag, flag)
+
+
+class AlpnTests(TLSTestCase):
+    """
+    Every way this module makes a TLS listener negotiates ``http/1.1`` for
+    clients that offer it (browsers offer ``h2`` too), works without ALPN,
+    and refuses an ``h2``-only client with ``no_application_protocol``, never
+    ``internal_error`` (what Twisted's own ALPN callback leads to).
+    """
+
+    def listeners(self):
+        """(name, Deferred port) for each kind of listener."""
+        files = self.files
+        reloaded = ReloadableTLS(str(files.fullchain), str(files.key))
+        self.assertTrue(reloaded.reload())
+        wrapped = wrapServerTLS(
+            ReloadableTLS(str(files.fullchain), str(files.key)),
+            TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1"),
+        )
+        return [
+            ("load_certificate_options", self.serve(
+                load_certificate_options(str(files.fullchain), str(files.key)))),
+            ("ReloadableTLS after a reload", self.serve(reloaded)),
+            ("ssl: description", self.serve(None, (
+                f"ssl:0:interface=127.0.0.1:privateKey={files.key}"
+                f":certKey={files.cert}:extraCertChain={files.chain}"))),
+            ("TLS wrapped around another endpoint", self._listen(wrapped)),
+        ]
+
+    @defer.inlineCallbacks
+    def _listen(self, endpoint):
+        factory = _EchoFactory()
+        port = yield endpoint.listen(factory)
+        self.addCleanup(self._close_server, port, factory)
+        return port.getHost().port
+
+    def exchange(self, port, alpn):
+        return threads.deferToThread(
+            tls_exchange, port, str(self.files.root), alpn, b"ping\r\n"
+        )
+
+    @defer.inlineCallbacks
+    def test_every_listener_with_every_offer(self):
+        expected = {"browser": "http/1.1", "http/1.1 only": "http/1.1", "no ALPN": None}
+        for name, listening in self.listeners():
+            port = yield listening
+            for offer, alpn in ALPN_OFFERS.items():
+                selected, echoed = yield self.exchange(port, alpn)
+                self.assertEqual((selected, echoed), (expected[offer], b"ping\r\n"),
+                                 f"{name}, {offer}")
+
+    @defer.inlineCallbacks
+    def test_h2_only_is_refused_cleanly(self):
+        errors = capture_log(self, lambda event: event.get("log_level") == LogLevel.critical)
+        for name, listening in self.listeners():
+            port = yield listening
+            with self.assertRaises(ssl.SSLError, msg=name) as caught:
+                yield self.exchange(port, ["h2"])
+            # Python's ssl has no reason code for this alert, only its text.
+            self.assertIn("alert no application protocol", str(caught.exception), name)
+            # The listener still serves the next client.
+            selected, _ = yield self.exchange(port, ["h2", "http/1.1"])
+            self.assertEqual(selected, "http/1.1", name)
+        self.assertEqual(errors, [])
 
 
 class ConfigErrorTests(unittest.TestCase):

@@ -42,6 +42,12 @@ class ServeTests(ProcessTestCase):
         server, port = yield self.start(
             TWISTD, "--port", "0", "--db", ":memory:", "--shutdown-timeout", "5"
         )
+        # The start-up output says where the demo page is, and it is there.
+        [match] = yield server.wait_for_log(r"demo video call: open (\S+) in two browser tabs")
+        self.assertEqual(match.group(1), f"http://127.0.0.1:{port}/demo/")
+        response, page = yield http_get(match.group(1))
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"<title>signaling demo", page)
         url = f"ws://127.0.0.1:{port}/"
         alice = yield self.register(url, "alice")
         bob = yield self.register(url, "bob")

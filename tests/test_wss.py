@@ -7,15 +7,25 @@ Certificate renewal on SIGHUP is tested on a real ``twistd`` process.
 import json
 import signal
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.web.client import Agent
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from alpn import ALPN_OFFERS, CURL, curl_get, tls_exchange
 from certs import PKI, pem_certificate
 from helpers import ConnectionRefused, ServerTestCase, connect, http_get
 from processes import TWISTD, ProcessTestCase, SystemTempMixin
+from system import unavailable
+
+#: A WebSocket upgrade request as a browser sends it (minus cookies).
+UPGRADE = (
+    b"GET /app HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Origin: https://localhost\r\n\r\n"
+)
+HEALTH = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
 def escape(path):
@@ -134,6 +144,74 @@ class WssTests(SystemTempMixin, ServerTestCase):
         self.url = f"ws://127.0.0.1:{plain}/"
         alice, bob = yield self.assert_talk(self.url, f"wss://127.0.0.1:{secure}/")
         self.assertEqual(peer_serial(bob), self.files.leaf.serial)
+
+
+class AlpnTests(SystemTempMixin, ServerTestCase):
+    """
+    The server's TLS listeners (--tls-cert and --listen ssl:) with clients
+    offering ALPN as browsers and curl do: ``http/1.1`` is negotiated, no
+    ALPN works as before, ``h2`` alone is refused with
+    ``no_application_protocol`` (not ``internal_error``).
+    """
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clients = []
+        self.pki = PKI.create()
+        self.files = self.pki.write(self.mktemp())
+
+    def tls_ports(self):
+        """Start a server with both kinds of TLS listener; their ports."""
+        ssl = (f"ssl:0:interface=127.0.0.1:privateKey={escape(self.files.key)}"
+               f":certKey={escape(self.files.cert)}:extraCertChain={escape(self.files.chain)}")
+        self.start_server(tls_cert=str(self.files.fullchain), tls_key=str(self.files.key),
+                          listen=(ssl,))
+        return {"--tls-cert": self.service.ports()[0].getHost().port,
+                "--listen ssl:": self.service.ports()[1].getHost().port}
+
+    def exchange(self, port, alpn, request, until):
+        return threads.deferToThread(
+            tls_exchange, port, str(self.files.root), alpn, request, until
+        )
+
+    @defer.inlineCallbacks
+    def test_websocket_and_https_with_every_offer(self):
+        expected = {"browser": "http/1.1", "http/1.1 only": "http/1.1", "no ALPN": None}
+        for listener, port in self.tls_ports().items():
+            for offer, alpn in ALPN_OFFERS.items():
+                where = f"{listener}, {offer}"
+                selected, head = yield self.exchange(port, alpn, UPGRADE, b"\r\n\r\n")
+                self.assertEqual(selected, expected[offer], where)
+                self.assertTrue(head.startswith(b"HTTP/1.1 101 "), (where, head))
+                selected, response = yield self.exchange(port, alpn, HEALTH, b"\x00")
+                self.assertTrue(response.startswith(b"HTTP/1.1 200 "), (where, response))
+                self.assertIn(b'"status": "healthy"', response, where)
+
+    @defer.inlineCallbacks
+    def test_h2_only_refused_with_no_application_protocol(self):
+        for listener, port in self.tls_ports().items():
+            with self.assertRaises(Exception, msg=listener) as caught:
+                yield self.exchange(port, ["h2"], HEALTH, b"\x00")
+            self.assertIn("alert no application protocol", str(caught.exception), listener)
+            self.assertNotIn("internal error", str(caught.exception), listener)
+            selected, _ = yield self.exchange(port, ["h2", "http/1.1"], HEALTH, b"\x00")
+            self.assertEqual(selected, "http/1.1", listener)
+
+    @defer.inlineCallbacks
+    def test_curl(self):
+        if CURL is None:
+            unavailable("curl is not installed: apt-get install -y curl")
+        root = str(self.files.root)
+        for listener, port in self.tls_ports().items():
+            url = f"https://localhost:{port}/health"
+            for options in ((), ("--http2",), ("--http1.1",), ("--no-alpn",)):
+                result = yield threads.deferToThread(
+                    curl_get, url, root, "--write-out", "\n%{http_version}", *options
+                )
+                where = (listener, options, result.stderr)
+                self.assertEqual(result.returncode, 0, where)
+                body, version = result.stdout.rsplit("\n", 1)
+                self.assertEqual((json.loads(body)["status"], version), ("healthy", "1.1"), where)
 
 
 class RenewalTests(ProcessTestCase):

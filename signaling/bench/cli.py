@@ -16,9 +16,10 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 from urllib.parse import urlsplit
 
+from signaling.bench.cluster import CLUSTER_SCENARIOS, Deployment
 from signaling.bench.procfs import core_busy, core_times, proc_ticks, rss_kib, CLK_TCK
 from signaling.bench.scenarios import FILE_STORE, SCENARIOS, Context, Params
 from signaling.bench.server import ServerProcess, pin
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = argparse.ArgumentParser(prog="python -m signaling.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--scenario", action="append", default=None,
-                   help=f"one of {', '.join(SCENARIOS)} or all (repeatable; default all)")
+                   help=f"one of {', '.join(SCENARIOS)} or all; or one of {', '.join(CLUSTER_SCENARIOS)}"
+                   " or cluster, each with a private redis-server (repeatable; default all)")
     a.add_argument("--url", help="target an already running server at ws://127.0.0.1:PORT/ instead of starting one")
     a.add_argument("--server-pid", type=int, help="pid of the server at --url (for its RSS and CPU)")
     a.add_argument("--server-arg", action="append", default=[], help="extra argument for the started server (repeatable)")
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offline: at most this many offline messages in one run (keeps under the byte cap)")
     a.add_argument("--label")
     a.add_argument("--no-pin", action="store_true", help="do not pin the server to core 0 and this process to core 1")
+    a.add_argument("--cluster-pin", choices=("core0", "none"), default="core0",
+                   help="cluster scenarios: pin every node and Redis to core 0 (the single server's budget),"
+                   " or leave them to the scheduler [core0]")
     a.add_argument("--json-only", action="store_true", help="no table at the end")
     return a
 
@@ -130,19 +135,27 @@ def _machine_busy(pid: Optional[int]) -> Optional[float]:
     return r3(max(0.0, sum(c["busy"] for c in b) - srv))
 
 
-def run_one(name: str, url: str, pid: Optional[int], params: Params, label: Optional[str]) -> tuple[dict, int]:
-    """Run scenario ``name`` once; return its result line and exit status (0, 1 or 3)."""
+def run_one(name: str, url: str, pid: Union[int, Sequence[int], None], params: Params, label: Optional[str],
+            deployment: Optional[Deployment] = None) -> tuple[dict, int]:
+    """Run scenario ``name`` once (against ``deployment``'s servers if given); return its result
+    line and exit status (0, 1 or 3)."""
     result: dict = {"scenario": name, "adapter": "signaling", "client": "picows", "target": url,
                     "label": label, "ok": False,
                     "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
     _wait_server_idle(pid)
     result["machine_busy_before_pct"] = _machine_busy(pid)
     result["server_rss_kib_start"] = rss_kib(pid)
-    ctx = Context(url, pid, params, result)
+    run = name
+    if deployment is not None:
+        run, kind = CLUSTER_SCENARIOS[name]
+        result["servers"] = {"kind": kind[0], "count": kind[1] if len(kind) > 1 else 1, "urls": deployment.urls}
+        ctx = Context(url, pid, params, result, deployment.urls, deployment.redis)
+    else:
+        ctx = Context(url, pid, params, result)
     code = 0
     loop = _new_loop()
     try:
-        loop.run_until_complete(asyncio.wait_for(SCENARIOS[name](ctx), params.deadline(name)))
+        loop.run_until_complete(asyncio.wait_for(SCENARIOS[run](ctx), params.deadline(run)))
     except asyncio.TimeoutError:
         result["fatal"] = f"hard deadline {params.deadline(name):.0f}s exceeded"
         code = 3
@@ -172,7 +185,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for s in ns.scenario or ["all"]:
         if s == "all":
             names.extend(n for n in SCENARIOS if n not in names)
-        elif s in SCENARIOS:
+        elif s == "cluster":
+            names.extend(n for n in CLUSTER_SCENARIOS if n not in names)
+        elif s in SCENARIOS or s in CLUSTER_SCENARIOS:
             names.append(s)
         else:
             parser.error(f"unknown scenario {s!r}")
@@ -180,18 +195,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--url must be ws:// on a loopback address")
     if ns.server_pid and not ns.url:
         parser.error("--server-pid needs --url")
+    if ns.url and any(n in CLUSTER_SCENARIOS for n in names):
+        parser.error("the cluster scenarios start their own servers: no --url")
     if not ns.no_pin:
         pin(0, 1)
-    runs = [(n, r) for n in names for r in ((ns.rate or [Params.rate]) if n in ("rate", "offline") else [None])]
+    rated = ("rate", "offline", "cluster-rate", "cluster-rate-local")
+    runs = [(n, r) for n in names for r in ((ns.rate or [Params.rate]) if n in rated else [None])]
     lines: list[dict] = []
     status = 0
     for name, rate in runs:
         params = _params(ns, rate or Params.rate)
         server = None
+        deployment = None
         db_dir = None
         try:
             if ns.url:
                 url, pid = ns.url, ns.server_pid
+            elif name in CLUSTER_SCENARIOS:
+                core = None if ns.no_pin or ns.cluster_pin == "none" else 0
+                deployment = Deployment(CLUSTER_SCENARIOS[name][1], ns.server_arg, core)
+                deployment.start()
+                url, pid = deployment.urls[0], deployment.pids
             else:
                 server_args = list(ns.server_arg)
                 if name in FILE_STORE:
@@ -204,12 +228,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 server = ServerProcess(server_args, pin_core=None if ns.no_pin else 0)
                 server.start()
                 url, pid = server.url, server.pid
-            line, code = run_one(name, url, pid, params, ns.label)
+            line, code = run_one(name, url, pid, params, ns.label, deployment)
             if server is not None:
                 exit_status = server.stop()
                 if exit_status not in (0, -15):
                     line["server_exit_status"] = exit_status
                     line["server_log_tail"] = server.log_tail(500)
+            if deployment is not None:
+                exit_status = deployment.stop()
+                if exit_status:
+                    line["server_exit_status"] = exit_status
+                    line["server_log_tail"] = deployment.log_tail(500)
         except RuntimeError as e:
             line = {"scenario": name, "ok": False, "fatal": str(e)[:800],
                     "warning": "SERVER FAILED - no figures"}
@@ -217,6 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         finally:
             if server is not None:
                 server.close()
+            if deployment is not None:
+                deployment.close()
             if db_dir is not None:
                 shutil.rmtree(db_dir, ignore_errors=True)
         lines.append(line)

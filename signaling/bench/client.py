@@ -18,10 +18,12 @@ NOISE = (b'"peer-status"', b'"user-joined"', b'"user-left"')
 class Conn:
     """One client connection: an index, a peer/user id and, for rooms, a room id."""
 
-    __slots__ = ("idx", "id", "room", "transport", "ready", "closed", "waiter", "_parts")
+    __slots__ = ("idx", "id", "room", "url", "transport", "ready", "closed", "waiter", "_parts")
 
-    def __init__(self, idx: int, peer_id: str, room: Optional[str] = None) -> None:
+    def __init__(self, idx: int, peer_id: str, room: Optional[str] = None, url: Optional[str] = None) -> None:
         self.idx = idx
+        #: Where this connection goes (``None``: the pool's URL).
+        self.url = url
         self.id = peer_id
         self.room = room
         self.transport = None
@@ -121,7 +123,8 @@ class Pool:
         conn.waiter = loop.create_future()
         try:
             await asyncio.wait_for(
-                ws_connect(lambda: _Listener(self, conn), self.url, websocket_handshake_timeout=timeout),
+                ws_connect(lambda: _Listener(self, conn), conn.url or self.url,
+                           websocket_handshake_timeout=timeout),
                 timeout,
             )
         except asyncio.TimeoutError:

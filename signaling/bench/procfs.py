@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+from typing import Any, Optional, Sequence, Union
 
 from signaling.bench.stats import r3
 
@@ -14,10 +14,17 @@ except (ValueError, OSError, AttributeError):  # pragma: no cover - non-Linux
     CLK_TCK = 100
 
 
-def rss_kib(pid: Optional[int]) -> Optional[int]:
-    """VmRSS of ``pid`` in KiB, or ``None``."""
+def _summed(function, pids: Sequence[int]) -> Optional[int]:
+    values = [function(pid) for pid in pids]
+    return None if not values or any(v is None for v in values) else sum(values)
+
+
+def rss_kib(pid: Union[int, Sequence[int], None]) -> Optional[int]:
+    """VmRSS of ``pid`` in KiB (summed over a list of pids), or ``None``."""
     if pid is None:
         return None
+    if not isinstance(pid, int):
+        return _summed(rss_kib, pid)
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -28,10 +35,12 @@ def rss_kib(pid: Optional[int]) -> Optional[int]:
     return None
 
 
-def proc_ticks(pid: Optional[int]) -> Optional[int]:
-    """utime + stime of ``pid`` (all threads) in clock ticks, or ``None``."""
+def proc_ticks(pid: Union[int, Sequence[int], None]) -> Optional[int]:
+    """utime + stime of ``pid`` (all threads; summed over a list of pids) in clock ticks, or ``None``."""
     if pid is None:
         return None
+    if not isinstance(pid, int):
+        return _summed(proc_ticks, pid)
     try:
         with open(f"/proc/{pid}/stat") as f:
             s = f.read()
@@ -75,8 +84,11 @@ def core_busy(a: Optional[list[list[int]]], b: Optional[list[list[int]]]) -> Opt
 class Meter:
     """CPU use of this process, of the server and of each core over a window."""
 
-    def __init__(self, server_pid: Optional[int]) -> None:
+    def __init__(self, server_pid: Union[int, Sequence[int], None], redis: Any = None) -> None:
         self.server_pid = server_pid
+        #: A :class:`signaling.bench.cluster.RedisProcess` whose command calls are counted too.
+        self.redis = redis
+        self.calls = redis.commandstats() if redis is not None else None
         self.t = time.perf_counter()
         self.cpu = time.process_time()
         self.srv = proc_ticks(server_pid)
@@ -102,4 +114,10 @@ class Meter:
                 max(0.0, busy - (out["lg_cpu_pct"] or 0) - (out["server_cpu_pct"] or 0))
             )
             out["contaminated"] = out["foreign_cpu_pct"] > 10
+        if self.redis is not None and self.calls is not None:
+            after = self.redis.commandstats()
+            out["redis_calls"] = {
+                name: calls - self.calls.get(name, 0)
+                for name, calls in sorted(after.items()) if calls != self.calls.get(name, 0)
+            }
         return out

@@ -9,7 +9,7 @@ import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Sequence, Union
 
 from signaling.bench.client import Conn, Pool
 from signaling.bench.ledger import PENDING, UNSENT, ChatLedger, DirectedLedger
@@ -58,8 +58,13 @@ class Params:
 class Context:
     """What a scenario needs: target, server pid, parameters, result and counters."""
 
-    def __init__(self, url: str, server_pid: Optional[int], params: Params, result: dict) -> None:
+    def __init__(self, url: str, server_pid: Union[int, Sequence[int], None], params: Params, result: dict,
+                 urls: Optional[Sequence[str]] = None, redis: Any = None) -> None:
         self.url = url
+        #: The servers of a cluster: the first end of each pair goes to the first, the second end to the last.
+        self.urls = list(urls) if urls else [url]
+        #: The cluster's Redis (:class:`signaling.bench.cluster.RedisProcess`), if any: its calls are counted.
+        self.redis = redis
         self.server_pid = server_pid
         self.p = params
         self.result = result
@@ -68,6 +73,10 @@ class Context:
         self.pool = Pool(url, self.errors, self.ignored)
         self.payloads = Payloads(params.sdp_bytes, params.chat_bytes)
         self.prefix = "b" + _b36(os.getpid()) + _b36(int(time.time() * 1000) % 1679616)
+
+    def meter(self) -> Meter:
+        """A :class:`Meter` of the server processes (and of Redis's command calls) from now."""
+        return Meter(self.server_pid, self.redis)
 
     async def setup(self, conns: list[Conn]) -> bool:
         """Open every connection; on failure record ``fatal`` and return ``False``."""
@@ -116,9 +125,10 @@ class _Directed:
         self.ctx = ctx
         p = ctx.p
         self.conns = []
+        first, second = ctx.urls[0], ctx.urls[-1]
         for i in range(p.pairs):
-            self.conns.append(Conn(2 * i, f"{ctx.prefix}a{i}"))
-            self.conns.append(Conn(2 * i + 1, f"{ctx.prefix}b{i}"))
+            self.conns.append(Conn(2 * i, f"{ctx.prefix}a{i}", url=first))
+            self.conns.append(Conn(2 * i + 1, f"{ctx.prefix}b{i}", url=second))
         self.ledger = DirectedLedger([c.id for c in self.conns], ctx.payloads, ctx.errors)
         self.win0 = self.win1 = math.inf
         self.closed_loop = False
@@ -189,7 +199,7 @@ async def relay(ctx: Context) -> None:
             d.send(2 * i, 0)
     await asyncio.sleep(p.warmup)
     d.win0 = now()
-    meter = Meter(ctx.server_pid)
+    meter = ctx.meter()
     await asyncio.sleep(p.duration)
     d.win1 = now()
     met = meter.end()
@@ -198,6 +208,7 @@ async def relay(ctx: Context) -> None:
     res.update(met)
     res.update(msgs_sent=d.sent, msgs_recv_in_window=d.recv_in_win,
                relayed_per_s=r3(d.recv_in_win / met["seconds"]), lat_ms=d.lat.summary(), missing=missing)
+    _redis_per_message(res, d.recv_in_win)
     await ctx.pool.close_all()
 
 
@@ -217,12 +228,12 @@ async def rate(ctx: Context) -> None:
 
     def send(k: int, t_sched: float) -> None:
         if not meter and t_sched >= d.win0:
-            meter.append(Meter(ctx.server_pid))
+            meter.append(ctx.meter())
         pair, direction = k % p.pairs, (k // p.pairs) & 1
         d.send(2 * pair + direction, direction, t_sched)
 
     await open_loop(total, p.rate, t0, d.win1 + 5, send)
-    met = (meter[0] if meter else Meter(ctx.server_pid)).end()
+    met = (meter[0] if meter else ctx.meter()).end()
     d.running = False
     missing = await d.drain()
     res.update(met)
@@ -230,7 +241,15 @@ async def rate(ctx: Context) -> None:
                sent_rate=r3(d.sent / (p.warmup + p.duration)), achieved_rate=r3(d.recv_in_win / p.duration),
                lat_ms=d.lat.summary(), lat_from_send_ms=d.lat_send.summary(),
                send_lag_ms=d.send_lag.summary(), missing=missing)
+    _redis_per_message(res, d.recv_in_win)
     await ctx.pool.close_all()
+
+
+def _redis_per_message(res: dict, relayed: int) -> None:
+    """Redis command calls per relayed message in the window (cluster scenarios only)."""
+    calls = res.get("redis_calls")
+    if calls is not None and relayed:
+        res["redis_calls_per_msg"] = {name: r3(n / relayed) for name, n in calls.items()}
 
 
 async def connect(ctx: Context) -> None:
@@ -239,7 +258,7 @@ async def connect(ctx: Context) -> None:
     res.update(conns=p.conns, concurrency=p.concurrency)
     before = rss_kib(ctx.server_pid)
     conns = [Conn(i, f"{ctx.prefix}c{i}") for i in range(p.conns)]
-    meter = Meter(ctx.server_pid)
+    meter = ctx.meter()
     r = await ctx.pool.open_all(conns, p.concurrency, p.setup_timeout)
     met = meter.end()
     await ctx.pool.wait_quiet(0.5, 15)
@@ -266,7 +285,7 @@ async def idle(ctx: Context) -> None:
         return
     await ctx.pool.wait_quiet(0.5, 15)
     settled = rss_kib(ctx.server_pid)
-    meter = Meter(ctx.server_pid)
+    meter = ctx.meter()
     rx0 = ctx.pool.rx_total
     await asyncio.sleep(p.idle_seconds)
     met = meter.end()
@@ -322,7 +341,7 @@ async def fanout(ctx: Context) -> None:
 
     def send(k: int, t_sched: float) -> None:
         if not meter and t_sched >= win[0]:
-            meter.append(Meter(ctx.server_pid))
+            meter.append(ctx.meter())
         c = conns[(k % R) * M + (k // R) % M]
         t = now()
         seq = ledger.send(c.idx, int(t * 1e6), t, t_sched)
@@ -335,7 +354,7 @@ async def fanout(ctx: Context) -> None:
             send_lag.add((t - t_sched) * 1000.0)
 
     await open_loop(total, p.chat_rate, t0, win[1] + 5, send)
-    met = (meter[0] if meter else Meter(ctx.server_pid)).end()
+    met = (meter[0] if meter else ctx.meter()).end()
     td = now()
     while ledger.outstanding > 0 and now() - td < p.drain:
         await asyncio.sleep(0.02)
@@ -606,10 +625,10 @@ async def offline(ctx: Context) -> None:
 
     traffic = asyncio.ensure_future(open_loop(total, p.rate, t0, d.win1 + 5, send))
     await asyncio.sleep(max(0.0, d.base0 - now()))
-    base_meter = Meter(ctx.server_pid)
+    base_meter = ctx.meter()
     await asyncio.sleep(max(0.0, d.base1 - now()))
     base = base_meter.end()
-    meter = Meter(ctx.server_pid)
+    meter = ctx.meter()
     off.start()
     await asyncio.sleep(max(0.0, d.win1 - now()))
     off.running = False

@@ -13,6 +13,11 @@ _FIGURE = {
     "fanout": ("deliveries_per_s", "deliv/s"),
     "idle": ("alive", "conns"),
     "offline": ("offline_queued_per_s", "queued/s"),
+    "cluster-relay-local": ("relayed_per_s", "msgs/s"),
+    "cluster-relay": ("relayed_per_s", "msgs/s"),
+    "cluster-rate-local": ("achieved_rate", "msgs/s"),
+    "cluster-rate": ("achieved_rate", "msgs/s"),
+    "workers-relay": ("relayed_per_s", "msgs/s"),
 }
 
 
@@ -29,7 +34,7 @@ def _fmt(v: object) -> str:
 def row(line: dict) -> list[str]:
     """The table cells of one result line."""
     name = line.get("scenario", "?")
-    if name == "rate" and line.get("target_rate") is not None:
+    if name.endswith("rate") and line.get("target_rate") is not None:
         name = f"rate@{line['target_rate']:g}"
     key, unit = _FIGURE.get(line.get("scenario", ""), ("", ""))
     lat: Optional[dict] = line.get("lat_ms") or line.get("setup_lat_ms") or {}

@@ -199,6 +199,11 @@ class RedisBackend:
         self._flags = (b"1" if presence else b"0", b"1" if device_type else b"0")
         self._commands_ready = False
         self._stopped = False
+        #: When this node last became available (the reaper's grace starts then).
+        self._available_since = 0.0
+        #: The epoch of Redis's data as of the last heartbeat: it changes
+        #: when Redis lost its data (a restart without persistence).
+        self.epoch: str | None = None
         self._beat = task.LoopingCall(self._timer, self.heartbeat_check, False)
         self._beat.clock = reactor
         self._reaper = task.LoopingCall(self._timer, self.reap, True)
@@ -265,13 +270,18 @@ class RedisBackend:
             if not reply.more:
                 return released
 
-    def _timer(self, action: Any, needs_subscriptions: bool) -> None:
+    def _timer(self, action: Any, reaper: bool) -> None:
         """
-        Run a periodic action while the command connection is ready (and the
-        subscriptions are up, if it ``needs_subscriptions``); errors are
+        Run a periodic action while the command connection is ready (the
+        ``reaper`` only while the node is available, and not during the
+        first ``node_timeout`` after it became available); errors are
         logged, never raised, so the loop survives.
         """
-        if not self._commands_ready or (needs_subscriptions and not self.available):
+        if not self._commands_ready or (reaper and not self.available):
+            return
+        if reaper and self.reactor.seconds() - self._available_since < self.node_timeout:
+            # Just back after an outage: the other nodes may still be
+            # reconnecting, their heartbeats lapsed meanwhile; they are not dead.
             return
 
         def failed(failure: Any) -> None:
@@ -309,6 +319,7 @@ class RedisBackend:
             return
         self.available = available
         if available:
+            self._available_since = self.reactor.seconds()
             if not self._reaper.running:
                 self._reaper.start(self.node_timeout / 3, now=True)
             self._tell("backend_restored")
@@ -339,7 +350,12 @@ class RedisBackend:
         data).
         """
         ttl = b"%d" % max(1, int(self.node_timeout * 1000))
-        return self._run("heartbeat", self._node, ttl).addCallback(bool)
+        d = self._run("heartbeat", self._node, ttl, secrets.token_hex(8).encode("ascii"))
+        return d.addCallback(self._beaten)
+
+    def _beaten(self, reply: list) -> bool:
+        self.epoch = text(reply[1])
+        return bool(reply[0])
 
     def heartbeat_check(self) -> defer.Deferred:
         """:meth:`heartbeat`, telling the listener to re-register when the node was considered dead."""
@@ -447,30 +463,45 @@ class RedisBackend:
             raise NotHolder(f"this connection no longer holds '{identity}'")
         return reply
 
-    def release(self, identity: str, conn: str, announce: bytes = b"") -> defer.Deferred:
+    def release(
+        self, identity: str, conn: str, announce: bytes | None = b"", now: float | None = None
+    ) -> defer.Deferred:
         """
         ``conn`` closed: if (and only if) it still holds ``identity``, leave
         every room (user-left to the other members, built by the script) and
         unregister, publishing ``announce`` (peer-status offline; ``b""``
-        for none) if it was a registered peer. Fires with a :class:`Release`.
+        for none) if it was a registered peer. With ``announce=None`` the
+        script builds that peer-status itself, as :meth:`reap` does (stamped
+        ``now``, by default the reactor's time), so the departure reaches
+        the other nodes atomically with the release. Fires with a
+        :class:`Release`.
         """
-        d = self._run("release", raw(identity), self._node, raw(conn), announce)
+        if announce is None:
+            now_ms = b"%d" % int((self.reactor.seconds() if now is None else now) * 1000)
+            d = self._run("release", raw(identity), self._node, raw(conn), b"", now_ms, *self._flags)
+        else:
+            d = self._run("release", raw(identity), self._node, raw(conn), announce)
         return d.addCallback(lambda r: Release(bool(r[0]), bool(r[1]), [text(x) for x in r[2:]]))
 
     # -- rooms --------------------------------------------------------------
 
     def join(
-        self, room: str, identity: str, conn: str, max_members: int, announce: bytes = b""
+        self, room: str, identity: str, conn: str, max_members: int, announce: bytes = b"",
+        max_bytes: int = 0,
     ) -> defer.Deferred:
         """
         Add ``identity`` (held by ``conn``) to ``room`` and publish
-        ``announce`` (user-joined; ``b""`` for none) to its other members.
+        ``announce`` (user-joined; ``b""`` for none) to its other members,
+        unless the room has ``max_members`` (status ``full``) or its member
+        ids would take more than ``max_bytes`` as a JSON list (status
+        ``long``; 0: no such limit).
         Subscribe with :meth:`watch_room` *before* joining, so no event of
         the room is missed. Fires with a :class:`Join`; fails with
         :class:`NotHolder` when ``conn`` does not hold ``identity``.
         """
         d = self._run(
-            "join", raw(room), raw(identity), self._node, raw(conn), b"%d" % max_members, announce
+            "join", raw(room), raw(identity), self._node, raw(conn), b"%d" % max_members,
+            announce, b"%d" % max_bytes,
         )
 
         def joined(r: list) -> Join:

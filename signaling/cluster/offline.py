@@ -200,7 +200,7 @@ class RedisOfflineStore:
         happened).
         """
         try:
-            body = encode(message)
+            body = message if type(message) is bytes else encode(message)
         except (TypeError, ValueError) as e:
             return defer.fail(e)
         d = self.connection.run(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from .. import messages as m
@@ -16,6 +17,7 @@ from ..config import ERROR_LOG_BURST, ERROR_LOG_RATE, Config
 from ..events import IServerEvents
 from ..limits import TokenBucket
 from ..logs import log_event, payload_for_log
+from ..maybe import is_deferred, then
 from ..messages import ProtocolError, encode, error_message
 from ..registry import IRegistry
 from ..session import Session
@@ -59,14 +61,14 @@ class Context:
         """Send ``message`` (a dict) to ``session``."""
         session.send(encode(message))
 
-    def encode_relayed(self, message: dict[str, Any], extra: int = 0) -> bytes:
+    def relayed_bytes(self, data: bytes, extra: int = 0) -> bytes:
         """
-        ``message`` encoded for its recipients.
+        ``data``, an encoded message to relay, if the server may send it
+        (with ``extra`` bytes of envelope around it).
 
         :raises ProtocolError: ``INVALID_MESSAGE`` when it would be larger than
-            the server sends (with ``extra`` bytes of envelope around it).
+            the server sends.
         """
-        data = encode(message)
         if len(data) + extra > self.config.max_outgoing_size:
             raise ProtocolError(
                 m.INVALID_MESSAGE,
@@ -108,6 +110,24 @@ class Context:
             session.error_log_muted = True
             log_event(self.log, "limit", peer=session.address, limit="error_log")
         return False
+
+    def leave_rooms_not_granted(self, session: Session) -> Any:
+        """
+        After a takeover: leave the rooms the id was in that ``session``'s
+        token does not allow, telling their members (a takeover never
+        carries an id into a room its token could not join).
+        """
+        grant = session.grant
+        if grant is None:
+            return None
+        barred = [room_id for room_id in session.rooms if not grant.allows_room(room_id)]
+        results = [then(self.registry.leave(session, room_id), self._left_barred,
+                        session, room_id) for room_id in barred]
+        pending = [result for result in results if is_deferred(result)]
+        return gatherResults(pending, consumeErrors=True) if pending else None
+
+    def _left_barred(self, _: Any, session: Session, room_id: str) -> None:
+        self.announce_left(session, session.identity, [room_id])
 
     def announce_left(self, session: Session, identity: str | None,
                       room_ids: Iterable[str]) -> None:

@@ -38,12 +38,12 @@ class OfflineHandlers:
         """The control types this family answers."""
         return {"ack": self.ack}
 
-    def route(self, session: Session, to: str, out: dict[str, Any],
-              request: dict[str, Any]) -> Any:
+    def route(self, session: Session, to: str, data: bytes, request: dict[str, Any]) -> Any:
         """
-        Deliver ``out`` to ``to``, which has no session on this server: where
-        it is held, or into the offline store (``peer-offline`` to the sender
-        once it is durable, ``QUEUE_FULL`` when a limit refuses it).
+        Deliver ``data`` (the message as ``to`` receives it) to ``to``, which
+        has no session on this server: where it is held, or into the offline
+        store (``peer-offline`` to the sender once it is durable,
+        ``QUEUE_FULL`` when a limit refuses it).
         """
         ctx = self._ctx
         message_id = m.client_message_id(request)
@@ -55,11 +55,11 @@ class OfflineHandlers:
                 f"'messageId' must be at most {MAX_MESSAGE_ID_LENGTH} characters",
             )
         # Stored messages are delivered inside an envelope: it must fit too.
-        ctx.encode_relayed(out, _DELIVERY_ENVELOPE + 4 * len(message_id))
-        result = ctx.registry.route(to, message_id, out, session.identity, ctx.clock.seconds())
+        ctx.relayed_bytes(data, _DELIVERY_ENVELOPE + 4 * len(message_id))
+        result = ctx.registry.route(to, message_id, data, session.identity, ctx.clock.seconds())
         return result.addCallbacks(
             self._routed, self._refused,
-            callbackArgs=(session, to, out["type"], message_id),
+            callbackArgs=(session, to, request["type"], message_id),
             errbackArgs=(to,),
         )
 
@@ -75,7 +75,9 @@ class OfflineHandlers:
             session, {"type": "peer-offline", "peerId": to, "messageId": message_id, "queued": True}
         )
 
-    def _refused(self, failure: Failure, to: str) -> None:
+    def _refused(self, failure: Failure, to: str) -> Any:
+        if failure.check(ProtocolError):
+            return failure  # e.g. UNAVAILABLE from a clustered registry
         if failure.check(QueueFull):
             raise ProtocolError(m.QUEUE_FULL, str(failure.value), peerId=to)
         if failure.check(ProtocolError):
@@ -93,8 +95,8 @@ class OfflineHandlers:
         return then(ctx.store.pending(session.identity, ctx.clock.seconds()), self._start, session)
 
     def _start(self, entries: list[Any], session: Session) -> Any:
-        if not entries:
-            return None
+        if not entries or not session.open:
+            return None  # closed while the store answered: the entries stay stored
         return Backlog(self._ctx, session, entries).start()
 
     def ack(self, session: Session, message: dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .. import messages as m
 from ..logs import log_event
 from ..maybe import then
-from ..messages import ProtocolError, encode, validate_id
+from ..messages import ProtocolError, encode, stamp, validate_id
 from ..session import Session
 from .context import Context
 from .offline import OfflineHandlers
@@ -67,11 +67,16 @@ class PeerHandlers:
 
     def _bound(self, replaced: Session | None, session: Session, peer_id: str,
                device_type: Any, device_info: Any, ack_mode: bool) -> Any:
-        ctx = self._ctx
-        take_over(ctx, session, replaced)
         session.ack_mode = ack_mode
         return then(
-            ctx.registry.register(session, device_type, device_info),
+            take_over(self._ctx, session, replaced), self._register,
+            session, peer_id, device_type, device_info,
+        )
+
+    def _register(self, _: Any, session: Session, peer_id: str, device_type: Any,
+                  device_info: Any) -> Any:
+        return then(
+            self._ctx.registry.register(session, device_type, device_info),
             self._registered, session, peer_id,
         )
 
@@ -96,9 +101,11 @@ class PeerHandlers:
         if ctx.config.presence != "all":
             return
         message: dict[str, Any] = {"type": "peer-status", "peerId": session.identity, "status": status}
+        # A device field the peer never gave is left out (as the peer seed did).
         if not ctx.config.hide_device_info:
-            message["deviceType"] = session.device_type
-            if status == "online":
+            if session.device_type is not None:
+                message["deviceType"] = session.device_type
+            if status == "online" and session.device_info is not None:
                 message["deviceInfo"] = session.device_info
         message["timestamp"] = ctx.now_ms()
         ctx.registry.send_peers(encode(message), session)
@@ -144,10 +151,12 @@ class PeerHandlers:
             if hide:
                 entry = {"peerId": peer.identity, "connectedAt": peer.connected_at}
             else:
+                # A device field the peer never gave shows as the peer seed
+                # showed it, so client code such as deviceInfo.name works.
                 entry = {
                     "peerId": peer.identity,
-                    "deviceType": peer.device_type,
-                    "deviceInfo": peer.device_info,
+                    "deviceType": "unknown" if peer.device_type is None else peer.device_type,
+                    "deviceInfo": {} if peer.device_info is None else peer.device_info,
                     "connectedAt": peer.connected_at,
                 }
             data = encode(entry)
@@ -163,40 +172,42 @@ class PeerHandlers:
 
     # -- directed relay -------------------------------------------------------
 
-    def relay(self, session: Session, message: dict[str, Any]) -> Any:
-        """Forward a message with ``to`` to that peer, or store it while it is offline."""
+    def relay(self, session: Session, message: dict[str, Any], raw: bytes | str) -> Any:
+        """
+        Forward a message with ``to`` (``raw``: its text as received) to that
+        peer, or store it while it is offline.
+        """
         if not session.registered:
             raise ProtocolError(
                 m.REGISTRATION_REQUIRED, "send 'register' before messaging other peers"
             )
         ctx = self._ctx
         to = validate_id(message["to"], "to")
-        out = dict(message)
         # Both families of clients read the sender: peer clients in "from",
-        # room clients in "sender"; neither may be chosen by the client.
-        out["from"] = out["sender"] = session.identity
-        if out["type"] == "message" and "timestamp" not in out:
-            out["timestamp"] = ctx.now_ms()
+        # room clients in "sender"; neither may be chosen by the client. The
+        # id is written as the server knows it (NFC).
+        changes = {"to": to, "from": session.identity, "sender": session.identity}
+        if message["type"] == "message" and "timestamp" not in message:
+            changes["timestamp"] = ctx.now_ms()
+        data = stamp(raw, message, changes)
         target = ctx.registry.holder(to)
         if target is not None:
-            target.send(ctx.encode_relayed(out))
-            ctx.relayed(out["type"], 1)
+            target.send(ctx.relayed_bytes(data))
+            ctx.relayed(message["type"], 1)
             return None
-        return self._offline.route(session, to, out, message)
+        return self._offline.route(session, to, data, message)
 
 
-def take_over(ctx: Context, session: Session, replaced: Session | None) -> None:
+def take_over(ctx: Context, session: Session, replaced: Session | None) -> Any:
     """
-    ``session`` took its id over from ``replaced`` (on this server): close the
-    old one, and tell the members of the rooms the id left because the new
-    connection's token does not allow them (``replaced.rooms``).
+    ``session`` took its id over (from ``replaced``, when that was on this
+    server: close it); the id leaves the rooms ``session``'s token does not
+    allow. Returns None, or a Deferred when leaving takes a round trip.
     """
-    if replaced is None:
-        return
-    log_event(
-        ctx.log, "takeover", peer=session.address, identity=session.identity,
-        old=replaced.address,
-    )
-    ctx.announce_left(session, session.identity, replaced.rooms)
-    replaced.rooms = set()
-    replaced.conn.close(m.CLOSE_REPLACED, "replaced")
+    if replaced is not None:
+        log_event(
+            ctx.log, "takeover", peer=session.address, identity=session.identity,
+            old=replaced.address,
+        )
+        replaced.conn.close(m.CLOSE_REPLACED, "replaced")
+    return ctx.leave_rooms_not_granted(session)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .. import messages as m
 from ..logs import log_event
 from ..maybe import then
-from ..messages import ProtocolError, encode, validate_id
+from ..messages import ProtocolError, encode, stamp, validate_id
 from ..session import Session
 from .context import Context
 from .peers import take_over
@@ -38,7 +38,9 @@ class RoomHandlers:
         return then(ctx.registry.bind(session, user_id), self._bound, session, room_id)
 
     def _bound(self, replaced: Session | None, session: Session, room_id: str) -> Any:
-        take_over(self._ctx, session, replaced)
+        return then(take_over(self._ctx, session, replaced), self._join, session, room_id)
+
+    def _join(self, _: Any, session: Session, room_id: str) -> Any:
         return then(self._ctx.registry.join(session, room_id), self._joined, session, room_id)
 
     def _joined(self, joined: tuple[list[str], bool], session: Session, room_id: str) -> None:
@@ -47,14 +49,18 @@ class RoomHandlers:
         user_id = session.identity
         if new:
             log_event(ctx.log, "join", peer=session.address, identity=user_id, room=room_id)
-            ctx.registry.send_room(
-                room_id,
-                encode({"type": "user-joined", "userId": user_id, "roomId": room_id}),
-                session,
-            )
+            self.announce_joined(session, room_id)
         ctx.reply(
             session,
             {"type": "join-success", "roomId": room_id, "userId": user_id, "members": others},
+        )
+
+    def announce_joined(self, session: Session, room_id: str) -> None:
+        """Tell the other members of ``room_id`` that ``session``'s identity joined it."""
+        self._ctx.registry.send_room(
+            room_id,
+            encode({"type": "user-joined", "userId": session.identity, "roomId": room_id}),
+            session,
         )
 
     def leave_room(self, session: Session, message: dict[str, Any]) -> Any:
@@ -68,24 +74,44 @@ class RoomHandlers:
         self._ctx.announce_left(session, session.identity, [room_id])
         self._ctx.reply(session, {"type": "leave-success", "roomId": room_id})
 
-    def relay(self, session: Session, message: dict[str, Any]) -> None:
-        """Forward a message with ``roomId`` to the room, or to its member ``to``."""
+    def relay(self, session: Session, message: dict[str, Any], raw: bytes | str) -> Any:
+        """
+        Forward a message with ``roomId`` (``raw``: its text as received) to
+        the room, or to its member ``to``.
+        """
         ctx = self._ctx
         room_id = validate_id(message["roomId"], "roomId")
         if room_id not in session.rooms:
             raise ProtocolError(m.NOT_IN_ROOM, f"not a member of room '{room_id}'")
-        out = dict(message)
-        # Room clients read "sender", peer clients "from": both are the bound id.
-        out["sender"] = out["from"] = session.identity
+        # Room clients read "sender", peer clients "from": both are the bound
+        # id. Ids are written as the server knows them (NFC).
+        changes = {"roomId": room_id, "sender": session.identity, "from": session.identity}
+        type_ = message["type"]
         if "to" in message:
-            to = validate_id(message["to"], "to")
+            to = changes["to"] = validate_id(message["to"], "to")
+            data = ctx.relayed_bytes(stamp(raw, message, changes))
             target = ctx.registry.room_member(room_id, to)
+            if target is None and to != session.identity:
+                # Maybe a member on another server (cluster mode).
+                return then(
+                    ctx.registry.send_member(room_id, to, data),
+                    self._sent_to_member, room_id, to, type_,
+                )
             if target is None or target is session:
                 raise ProtocolError(
                     m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
                 )
-            target.send(ctx.encode_relayed(out))
+            target.send(data)
             delivered = 1
         else:
-            delivered = ctx.registry.send_room(room_id, ctx.encode_relayed(out), session)
-        ctx.relayed(out["type"], delivered)
+            data = ctx.relayed_bytes(stamp(raw, message, changes))
+            delivered = ctx.registry.send_room(room_id, data, session)
+        ctx.relayed(type_, delivered)
+        return None
+
+    def _sent_to_member(self, delivered: bool, room_id: str, to: str, type_: str) -> None:
+        if not delivered:
+            raise ProtocolError(
+                m.PEER_NOT_IN_ROOM, f"'{to}' is not another member of room '{room_id}'"
+            )
+        self._ctx.relayed(type_, 1)

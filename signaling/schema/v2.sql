@@ -1,4 +1,4 @@
--- Offline store, schema version 2 (the newest; equal to v1 plus every upgrade).
+-- Offline store, schema version 2 (v1 plus upgrade-to-v2.sql).
 -- Each row is one message held for a disconnected peer; seq is the global
 -- insertion order, which is also the delivery order within a recipient.
 

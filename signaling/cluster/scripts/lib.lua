@@ -1,6 +1,6 @@
 -- Shared helpers, put in front of every script by signaling/cluster/scripts.py.
 -- ARGV[1] is always the key prefix. Only Redis 6.2 commands are used.
--- Keys (prefix omitted): id:{id} HASH, rooms:{id} SET, room:{room} ZSET,
+-- Keys (prefix omitted): epoch STRING, id:{id} HASH, rooms:{id} SET, room:{room} ZSET,
 -- peers ZSET, seq STRING, nodes SET, node:{node}:alive STRING,
 -- node:{node}:ids SET, offline:q:{id} LIST, offline:due ZSET,
 -- offline:stats HASH, offline:senders HASH.
@@ -50,6 +50,17 @@ local function release_id(id, node, origin)
   redis.call('ZREM', P .. 'peers', id)
   redis.call('SREM', P .. 'node:' .. node .. ':ids', id)
   return h[1] == '1', h[2], rooms
+end
+
+-- The peer-status offline message for `id` (what the hub sends on a
+-- disconnect): with its deviceType (JSON text `dt`) when with_dt and the
+-- peer registered one (a field it never gave is left out, as the hub does).
+local function offline_status(id, dt, now, with_dt)
+  local status = '{"type":"peer-status","peerId":' .. cjson.encode(id) .. ',"status":"offline"'
+  if with_dt and dt and dt ~= '' and dt ~= 'null' then
+    status = status .. ',"deviceType":' .. dt
+  end
+  return status .. ',"timestamp":' .. now .. '}'
 end
 
 -- Offline entries: field(message id) .. field(sender) .. stored_at .. ':' .. body

@@ -30,11 +30,7 @@ for _, n in ipairs(nodes) do
         local registered, dt = release_id(id, n, n)
         reply[1] = reply[1] + 1
         if registered and presence then
-          local status = '{"type":"peer-status","peerId":' .. cjson.encode(id) .. ',"status":"offline"'
-          if with_dt then
-            status = status .. ',"deviceType":' .. (dt or 'null')
-          end
-          publish_presence(n, id, status .. ',"timestamp":' .. now .. '}')
+          publish_presence(n, id, offline_status(id, dt, now, with_dt))
         end
       end
     end
