@@ -67,6 +67,46 @@ def valid_id(v: Any) -> bool:
     return isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable()
 
 
+def is_text(v: Any) -> bool:
+    """False for a string that is not Unicode text (a lone surrogate), True for anything else."""
+    if not isinstance(v, str):
+        return True
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def holds_lone_surrogate(v: Any) -> bool:
+    """Whether a string anywhere in ``v``, keys included, is not Unicode text."""
+    if isinstance(v, dict):
+        return any(not is_text(k) or holds_lone_surrogate(x) for k, x in v.items())
+    if isinstance(v, list):
+        return any(holds_lone_surrogate(x) for x in v)
+    return not is_text(v)
+
+
+def echoed(request: dict[str, Any]) -> tuple[str | None, str | None]:
+    """
+    (requestType, messageId) an error answering ``request`` carries: short
+    ones only, and never a string that is not Unicode text (when the
+    ``messageId`` is one, no id at all).
+    """
+    fields = dict(request)
+    if not is_text(fields.get("messageId")):
+        fields.pop("messageId")
+        fields.pop("id", None)
+    if not is_text(fields.get("id")):
+        fields.pop("id")
+    kind = fields.get("type")
+    request_type = kind if isinstance(kind, str) and len(kind) <= 128 and is_text(kind) else None
+    message_id = client_message_id(fields)
+    if message_id is not None and len(message_id) > 256:
+        message_id = None
+    return request_type, message_id
+
+
 def client_message_id(message: dict[str, Any]) -> str | None:
     """The id a client gave its message (``messageId``, else ``id``), as the server reads it."""
     for key in ("messageId", "id"):
@@ -244,11 +284,7 @@ class ServerModel:
         TOTALS["refusals expected"] += 1
         request_type = message_id = None
         if isinstance(request, dict):
-            if isinstance(request.get("type"), str) and len(request["type"]) <= 128:
-                request_type = request["type"]
-            message_id = client_message_id(request)
-            if message_id is not None and len(message_id) > 256:
-                message_id = None
+            request_type, message_id = echoed(request)
 
         def check(message: dict) -> None:
             assert message["code"] in codes, f"expected an error in {codes}, got {message!r}"
@@ -261,6 +297,17 @@ class ServerModel:
 
         self.expect(conn, f"error {sorted(codes)} for {request_type!r}",
                     lambda m: m["type"] == "error", check)
+
+    def refused_as_text(self, conn: Conn, message: dict[str, Any]) -> bool:
+        """
+        True (and the ``INVALID_FIELD`` expected) when ``message`` holds a
+        string that is not Unicode text: refused whole, before anything else.
+        """
+        if not holds_lone_surrogate(message):
+            return False
+        self.expect_error(conn, "INVALID_FIELD", message)
+        TOTALS["refused for a lone surrogate"] += 1
+        return True
 
     def expect_pong(self, conn: Conn) -> None:
         self.expect(conn, "pong", lambda m: m["type"] == "pong",
@@ -503,6 +550,8 @@ class ServerModel:
         message = build(type="register", peerId=peer_id, ack=True if ack else ABSENT,
                         deviceType=device_type, deviceInfo=device_info)
         self.send(conn, encode_frame(message))
+        if self.refused_as_text(conn, message):
+            return
         dtype, dinfo = message.get("deviceType"), message.get("deviceInfo")
         if not valid_id(peer_id) or (dtype is not None and not isinstance(dtype, str)) or (
                 dinfo is not None and (not isinstance(dinfo, dict)
@@ -559,7 +608,9 @@ class ServerModel:
         def check(m: dict) -> None:
             got = [(p.get("peerId"), p.get("deviceType"), p.get("deviceInfo"))
                    for p in m.get("peers", [])]
-            want = [(c.identity, c.device_type, c.device_info) for c in page]
+            # A device field never given shows as "unknown" and {}.
+            want = [(c.identity, "unknown" if c.device_type is None else c.device_type,
+                     {} if c.device_info is None else c.device_info) for c in page]
             assert got == want, f"peers-list {got} != {want}"
             assert all(isinstance(p.get("connectedAt"), int) for p in m["peers"]), m
             assert (m.get("count"), m.get("total")) == (len(page), len(everyone)), m
@@ -572,12 +623,8 @@ class ServerModel:
 
     def send_direct(self, conn: Conn, target_id: Any, kind: str, payload: Any,
                     id_fields: dict[str, Any], spoof: bool, stamped: bool,
-                    grows: bool = False, refusable_id: bool = False) -> None:
-        """
-        A message with ``to``. ``refusable_id``: its message id is one the
-        server may refuse with INVALID_FIELD instead of storing it exactly
-        (a lone surrogate, a NUL).
-        """
+                    grows: bool = False) -> None:
+        """A message with ``to`` (``grows``: see :meth:`send_relayed`)."""
         message = build(type=kind, to=target_id, n=self.next_nonce(), payload=payload,
                         timestamp=12345 if stamped else ABSENT, **id_fields)
         if not self.send_relayed(conn, message, spoof, grows):
@@ -603,15 +650,21 @@ class ServerModel:
         elif grows:
             self.expect_error(conn, "INVALID_MESSAGE", message)
         else:
-            self.expect_stored(conn, target_id, message, message_id, out, server_timestamp,
-                               refusable_id)
+            self.expect_stored(conn, target_id, message, message_id, out, server_timestamp)
 
     def send_relayed(self, conn: Conn, message: dict[str, Any], spoof: bool, grows: bool) -> bool:
         """
         Send a message meant for others, naming a forged sender when
         ``spoof``; False when the frame is over the size limit (the server
-        closes the connection with 1009).
+        closes the connection with 1009) or the message is refused whole
+        for a lone surrogate.
+
+        ``grows``: with :data:`GROWING_FIELD`. The server relays a client's
+        text as it came, with its own fields appended; only a forged sender
+        makes it encode the message again, which is when the field grows
+        past what the server sends: so ``grows`` comes with ``spoof``.
         """
+        assert spoof or not grows, "a message grows only when the server re-encodes it"
         if spoof:
             message["from"] = message["sender"] = "mallory"
         frame = frame_of(message, grows)
@@ -619,15 +672,15 @@ class ServerModel:
         if len(frame) > MAX_FRAME:
             self.closed_by_server(conn, 1009)
             return False
-        return True
+        return not self.refused_as_text(conn, message)
 
     def expect_stored(self, conn: Conn, to: str, message: dict, message_id: str | None,
-                      out: dict, server_timestamp: bool, refusable_id: bool) -> None:
+                      out: dict, server_timestamp: bool) -> None:
         """
         A directed message for an id nobody holds: answered ``queued:true``
-        (it must then be delivered, SIGKILL or not), ``QUEUE_FULL`` when the
-        queue is full, maybe ``INVALID_FIELD`` for a ``refusable_id``. Until
-        the answer comes it may or may not be stored.
+        (it must then be delivered, SIGKILL or not), or ``QUEUE_FULL`` when
+        the queue is full. Until the answer comes it may or may not be
+        stored.
         """
         nonce = message["n"]
         entry = Entry(nonce, to, message_id, out, server_timestamp)
@@ -637,20 +690,18 @@ class ServerModel:
         def is_answer(m: dict) -> bool:
             if message_id is not None and m.get("messageId") != message_id:
                 return False
-            return m["type"] == "peer-offline" or (m["type"] == "error" and m.get("code") in (
-                "QUEUE_FULL", "INVALID_FIELD"))
+            return m["type"] == "peer-offline" or (
+                m["type"] == "error" and m.get("code") == "QUEUE_FULL")
 
         def check(m: dict) -> None:
             # The queue as the server saw it: the messages stored before this one.
             before = [e for e in self.store.get(to, []) if e.nonce < nonce]
             stored = sum(e.state == "stored" for e in before)
             if m["type"] == "error":
-                allowed = ({"QUEUE_FULL"} if len(before) >= OFFLINE_MAX else set()) | (
-                    {"INVALID_FIELD"} if refusable_id else set())
-                assert m["code"] in allowed, f"a message that must be stored was refused: {m!r}"
-                if m["code"] == "QUEUE_FULL":
-                    assert m.get("peerId") == to, m
-                    TOTALS["QUEUE_FULL"] += 1
+                assert len(before) >= OFFLINE_MAX, (
+                    f"a message that must be stored was refused: {m!r}")
+                assert m.get("peerId") == to, m
+                TOTALS["QUEUE_FULL"] += 1
                 assert m.get("requestType") == message["type"], m
                 entry.state = "gone"
                 self.store[to].remove(entry)
@@ -695,6 +746,8 @@ class ServerModel:
     def send_join(self, conn: Conn, room_id: Any, user: Any) -> None:
         message = build(type="join-room", roomId=room_id, sender=user)
         self.send(conn, encode_frame(message))
+        if self.refused_as_text(conn, message):
+            return
         user_id = message.get("sender", conn.identity)
         if not valid_id(room_id) or not valid_id(user_id):
             self.expect_error(conn, "INVALID_FIELD", message)
@@ -720,7 +773,9 @@ class ServerModel:
     def send_leave(self, conn: Conn, room_id: Any) -> None:
         message = {"type": "leave-room", "roomId": room_id}
         self.send(conn, encode_frame(message))
-        if not valid_id(room_id):
+        if self.refused_as_text(conn, message):
+            pass
+        elif not valid_id(room_id):
             self.expect_error(conn, "INVALID_FIELD", message)
         elif room_id not in conn.rooms:
             self.expect_error(conn, "NOT_IN_ROOM", message)
