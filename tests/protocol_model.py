@@ -24,12 +24,13 @@ import shutil
 import signal
 import tempfile
 import time
+import unicodedata
 from collections import Counter
 from typing import Any, Callable
 
 from sync_client import Closed, SyncClient, SyncServer, encode_frame
 
-__all__ = ["ABSENT", "TOTALS", "ServerModel", "client_message_id", "valid_id"]
+__all__ = ["ABSENT", "TOTALS", "ServerModel", "client_message_id", "nfc", "valid_id"]
 
 #: Seconds every request of a step has to be answered.
 SETTLE = 10.0
@@ -62,9 +63,14 @@ ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
 TOTALS: Counter = Counter()
 
 
+def nfc(v: Any) -> Any:
+    """An id as the server knows it: in Unicode normalization form NFC (anything else as it is)."""
+    return unicodedata.normalize("NFC", v) if isinstance(v, str) else v
+
+
 def valid_id(v: Any) -> bool:
-    """What the server accepts as an id: 1 to 128 printable characters."""
-    return isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable()
+    """What the server accepts as an id: 1 to 128 printable characters, counted in NFC."""
+    return isinstance(v, str) and 0 < len(nfc(v)) <= 128 and nfc(v).isprintable()
 
 
 def is_text(v: Any) -> bool:
@@ -557,11 +563,12 @@ class ServerModel:
                 dinfo is not None and (not isinstance(dinfo, dict)
                                        or len(encode_frame(dinfo)) > MAX_DEVICE_INFO)):
             self.expect_error(conn, "INVALID_FIELD", message)
-        elif conn.identity is not None and conn.identity != peer_id:
+        elif conn.identity is not None and conn.identity != nfc(peer_id):
             self.expect_error(conn, "IDENTITY_MISMATCH", message)
         elif conn.registered:
-            self.expect_registered(conn, peer_id)  # again: nothing else changes
+            self.expect_registered(conn, nfc(peer_id))  # again: nothing else changes
         else:
+            peer_id = nfc(peer_id)
             self.bind(conn, peer_id)
             conn.ack_mode = ack
             if not conn.registered:
@@ -635,7 +642,8 @@ class ServerModel:
         if not valid_id(target_id):
             self.expect_error(conn, "INVALID_FIELD", message)
             return
-        out = dict(message, **{"from": conn.identity, "sender": conn.identity})
+        target_id = nfc(target_id)
+        out = dict(message, to=target_id, **{"from": conn.identity, "sender": conn.identity})
         server_timestamp = kind == "message" and not stamped
         target = self.holders.get(target_id)
         if target is not None:
@@ -752,6 +760,7 @@ class ServerModel:
         if not valid_id(room_id) or not valid_id(user_id):
             self.expect_error(conn, "INVALID_FIELD", message)
             return
+        room_id, user_id = nfc(room_id), nfc(user_id)
         if conn.identity is not None and conn.identity != user_id:
             self.expect_error(conn, "IDENTITY_MISMATCH", message)
             return
@@ -777,9 +786,10 @@ class ServerModel:
             pass
         elif not valid_id(room_id):
             self.expect_error(conn, "INVALID_FIELD", message)
-        elif room_id not in conn.rooms:
+        elif nfc(room_id) not in conn.rooms:
             self.expect_error(conn, "NOT_IN_ROOM", message)
         else:
+            room_id = nfc(room_id)
             self.leave_room(conn, room_id)
             self.expect(conn, "leave-success",
                         lambda m: m["type"] == "leave-success" and m.get("roomId") == room_id)
@@ -792,18 +802,22 @@ class ServerModel:
             return
         if not valid_id(room_id):
             self.expect_error(conn, "INVALID_FIELD", message)
-        elif room_id not in conn.rooms:
+            return
+        room_id = nfc(room_id)
+        if room_id not in conn.rooms:
             self.expect_error(conn, "NOT_IN_ROOM", message)
         elif "to" in message and not valid_id(target_id):
             self.expect_error(conn, "INVALID_FIELD", message)
-        elif "to" in message and (target_id == conn.identity
-                                  or target_id not in self.rooms[room_id]):
-            self.expect_error(conn, "PEER_NOT_IN_ROOM", message)
-        elif grows:
+        elif grows:  # its size is checked before its target
             self.expect_error(conn, "INVALID_MESSAGE", message)
+        elif "to" in message and (nfc(target_id) == conn.identity
+                                  or nfc(target_id) not in self.rooms[room_id]):
+            self.expect_error(conn, "PEER_NOT_IN_ROOM", message)
         else:
-            out = dict(message, **{"from": conn.identity, "sender": conn.identity})
-            targets = [target_id] if "to" in message else [
+            out = dict(message, roomId=room_id, **{"from": conn.identity, "sender": conn.identity})
+            if "to" in message:
+                out["to"] = nfc(target_id)
+            targets = [out["to"]] if "to" in message else [
                 m for m in self.rooms[room_id] if m != conn.identity]
             for member in targets:
                 self.expect_relayed(self.holders[member], out, False)

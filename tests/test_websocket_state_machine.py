@@ -59,7 +59,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from protocol_model import ABSENT, SERVER_TYPES, TOTALS, ServerModel
+from protocol_model import ABSENT, SERVER_TYPES, TOTALS, ServerModel, nfc
 
 EXAMPLES = int(os.environ.get("WS_MACHINE_EXAMPLES", "15"))
 STEPS = int(os.environ.get("WS_MACHINE_STEPS", "40"))
@@ -74,13 +74,16 @@ SLOTS = 4
 
 # -- the values rules choose from, by name (so a printed sequence stays short) ---
 
-IDS = {"ann": "ann", "bob": "bob", "cy": "cy", "han": "漢字", "128-chars": "d" * 128}
+#: Ids, two of them one id in two spellings (NFC and NFD), one of 200
+#: characters that are 100 in NFC.
+IDS = {"ann": "ann", "bob": "bob", "cy": "cy", "han": "漢字", "128-chars": "d" * 128,
+       "jose-nfc": "jos\u00e9", "jose-nfd": "jose\u0301", "200-nfd-chars": "e\u0301" * 100}
 BAD_IDS = {
-    "empty": "", "129-chars": "e" * 129, "5000-chars": "f" * 5000, "nul": "nul\x00id",
+    "empty": "", "129-nfc-chars": "e\u0301" * 129, "129-chars": "e" * 129, "5000-chars": "f" * 5000, "nul": "nul\x00id",
     "lone-surrogate": "\ud800", "tab": "tab\tid", "number": 7, "null": None,
     "list": ["ann"], "object": {"id": "ann"}, "true": True,
 }
-ROOMS = {"r1": "r1", "r2": "r2", "han": "房间"}
+ROOMS = {"r1": "r1", "r2": "r2", "han": "房间", "cafe-nfd": "cafe\u0301"}
 BAD_ROOMS = {"empty": "", "129-chars": "g" * 129, "number": 3, "null": None,
              "lone-surrogate": "x\udfff"}
 RELAYED_TYPES = ["offer", "answer", "ice-candidate", "message", "chat", "custom-kind"]
@@ -230,7 +233,7 @@ class WebSocketMachine(ServerModel, RuleBasedStateMachine):
         """
         for candidate in [*range(slot, SLOTS), *range(slot)]:
             conn = self.conns.get(candidate)
-            if conn is None or conn.identity in (None, peer_id):
+            if conn is None or conn.identity in (None, nfc(peer_id)):
                 slot = candidate
                 break
         self.send_register(self.conn(slot), peer_id, ack, *DEVICES[device])
@@ -296,7 +299,7 @@ class WebSocketMachine(ServerModel, RuleBasedStateMachine):
         self.send_join(self.conn(slot), ROOMS[room], ABSENT if sender == "absent" else IDS[sender])
 
     @precondition(lambda self: self.room_conns())
-    @rule(member=st.integers(0, SLOTS - 1), room=st.integers(0, 2))
+    @rule(member=st.integers(0, SLOTS - 1), room=st.integers(0, len(ROOMS) - 1))
     @step
     def leave(self, member, room):
         """A member (an index among the connections in rooms) leaves one of its rooms."""
@@ -304,7 +307,7 @@ class WebSocketMachine(ServerModel, RuleBasedStateMachine):
         self.send_leave(conn, self.pick(sorted(conn.rooms), room))
 
     @precondition(lambda self: self.room_conns())
-    @rule(member=st.integers(0, SLOTS - 1), room=st.integers(0, 2),
+    @rule(member=st.integers(0, SLOTS - 1), room=st.integers(0, len(ROOMS) - 1),
           kind=st.sampled_from(RELAYED_TYPES), payload=good(PAYLOADS),
           to=st.sampled_from(["absent"] + sorted(IDS)), spoof=st.booleans())
     @step
@@ -347,7 +350,7 @@ class WebSocketMachine(ServerModel, RuleBasedStateMachine):
             if family == "direct" and registered:
                 # Hostile ids matter most where they are stored: for an id nobody holds.
                 conn = self.pick(registered, slot)
-                offline = sorted(set(IDS.values()) - set(self.holders))
+                offline = sorted({nfc(i) for i in IDS.values()} - set(self.holders))
                 if first in IDS and second != "oversize" and offline:
                     to = self.pick(offline, sorted(IDS).index(first))
             elif family == "direct-unregistered" and unregistered:
