@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 from sync_client import Closed, SyncClient, SyncServer, encode_frame
 
-__all__ = ["ABSENT", "TOTALS", "ServerModel", "client_message_id", "nfc", "valid_id"]
+__all__ = ["ABSENT", "TOTALS", "ServerModel", "client_message_id", "close_all", "nfc",
+           "valid_id"]
 
 #: Seconds every request of a step has to be answered.
 SETTLE = 10.0
@@ -61,6 +62,20 @@ ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
 
 #: Figures of a run, over every sequence.
 TOTALS: Counter = Counter()
+
+#: Models whose server process and directory are not cleaned up yet (see
+#: :func:`close_all`).
+_LIVE: set["ServerModel"] = set()
+
+
+def close_all() -> None:
+    """
+    Clean up after every model still live: a run interrupted where no
+    teardown follows (inside a constructor, by Ctrl-C) leaves no process
+    or directory behind.
+    """
+    for model in list(_LIVE):
+        model.close_everything()
 
 
 def nfc(v: Any) -> Any:
@@ -239,6 +254,7 @@ class ServerModel:
         self.server = SyncServer(self.directory, *SERVER_ARGS)
         self.conns: dict[int, Conn] = {}
         self.closing: list[Conn] = []
+        _LIVE.add(self)
         self.holders: dict[str, Conn] = {}
         self.rooms: dict[str, list[str]] = {}
         self.registrations = 0
@@ -978,3 +994,4 @@ class ServerModel:
                 pass
         self.server.kill()
         shutil.rmtree(self.directory, ignore_errors=True)
+        _LIVE.discard(self)

@@ -59,7 +59,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from protocol_model import ABSENT, SERVER_TYPES, TOTALS, ServerModel, nfc
+from protocol_model import ABSENT, SERVER_TYPES, TOTALS, ServerModel, close_all, nfc
 
 EXAMPLES = int(os.environ.get("WS_MACHINE_EXAMPLES", "15"))
 STEPS = int(os.environ.get("WS_MACHINE_STEPS", "40"))
@@ -485,6 +485,7 @@ def test_websocket_state_machine():
     try:
         run_state_machine_as_test(factory, settings=config)
     finally:
+        close_all()
         TOTALS["seconds"] = round(time.monotonic() - started)
         figures = json.dumps(dict(sorted(TOTALS.items())))
         print(f"\nwebsocket state machine: {figures}")
