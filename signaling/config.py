@@ -25,6 +25,7 @@ __all__ = [
     "ENVELOPE_HEADROOM",
     "ERROR_LOG_BURST",
     "ERROR_LOG_RATE",
+    "MAX_DEVICE_TYPE_LENGTH",
     "MAX_ID_LENGTH",
     "MAX_JSON_DEPTH",
     "MAX_LOGGED_TEXT",
@@ -45,6 +46,10 @@ MAX_ID_LENGTH = 128
 #: signaling message, and far below the interpreter's recursion limit, so
 #: encoding a decoded message again can never hit a RecursionError.
 MAX_JSON_DEPTH = 64
+
+#: Longest ``deviceType`` accepted ("phone", "desktop", "web"...): every
+#: presence message and peer list carries it.
+MAX_DEVICE_TYPE_LENGTH = 64
 
 #: Longest token looked at; anything longer is refused before any crypto.
 MAX_TOKEN_LENGTH = 8192

@@ -151,8 +151,22 @@ class Hub:
             self._peers.announce(session, "online")
 
     def pong(self, session: Session) -> None:
-        """The client answered a heartbeat ping."""
+        """
+        The client showed life without a message: it answered a heartbeat
+        ping, or took what the server had sent (its send buffer drained; a
+        ping queued behind a long backlog reaches it only later).
+        """
         session.alive = True
+
+    def receive_ping(self, session: Session) -> bool:
+        """
+        A WebSocket ping frame from the client: counted by the rate limit
+        like a message. Whether it may be answered.
+        """
+        if not session.open:
+            return False
+        session.alive = True
+        return self._admit(session)
 
     # -- the one way in --------------------------------------------------------
 
@@ -209,7 +223,7 @@ class Hub:
             if handler is not None:
                 result = handler(session, message)
             else:
-                result = self._relay(session, message, payload)
+                result = self._relay(session, message)
                 self._events.observe_relay_latency(perf_counter() - started)
         except ProtocolError as e:
             self._ctx.refuse(session, e, message)
@@ -224,15 +238,15 @@ class Hub:
                 session.busy = True
                 result.addBoth(self._resume, session)
 
-    def _relay(self, session: Session, message: dict[str, Any], raw: bytes | str) -> Any:
+    def _relay(self, session: Session, message: dict[str, Any]) -> Any:
         if message["type"] in m.SERVER_TYPES:
             raise ProtocolError(
                 m.INVALID_FIELD, f"'type' {message['type']!r} is sent only by the server"
             )
         if "roomId" in message:
-            return self._rooms.relay(session, message, raw)
+            return self._rooms.relay(session, message)
         if "to" in message:
-            return self._peers.relay(session, message, raw)
+            return self._peers.relay(session, message)
         raise ProtocolError(
             m.UNKNOWN_MESSAGE_TYPE,
             f"unknown message type {message['type']!r} (relayed messages need 'to' or 'roomId')",

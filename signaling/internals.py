@@ -252,6 +252,30 @@ class _FrameCache:
 _frames = _FrameCache()
 
 
+class _SendBatch:
+    """
+    While one connection's bytes are handled, the frames sent to each
+    connection wait in that connection's queue; when the handling ends, each
+    connection with frames gets them in one write. A read holding several
+    messages for one peer then costs one system call, not one per message.
+    """
+
+    __slots__ = ("open", "pending")
+
+    def __init__(self) -> None:
+        self.open = False
+        self.pending: list[FastSignalingProtocol] = []
+
+    def flush(self) -> None:
+        """Write every connection's queued frames."""
+        pending, self.pending = self.pending, []
+        for protocol in pending:
+            protocol._flush_queued()
+
+
+_batch = _SendBatch()
+
+
 class FastSignalingProtocol(SignalingProtocol):
     """:class:`SignalingProtocol` with the fast paths of this module."""
 
@@ -264,6 +288,9 @@ class FastSignalingProtocol(SignalingProtocol):
     _socket: Any = None
     _sniffing = True
     _head = b""
+    #: Frames waiting for the end of the current batch (:class:`_SendBatch`).
+    _queued: list[bytes] | None = None
+    _queued_size = 0
 
     def onOpen(self) -> None:
         state = self.__dict__
@@ -307,7 +334,16 @@ class FastSignalingProtocol(SignalingProtocol):
             and not self.inside_message
             and not self.data
         ):
-            data = self._fast_frames(data)
+            batch = _batch
+            if batch.open:
+                data = self._fast_frames(data)
+            else:
+                batch.open = True
+                try:
+                    data = self._fast_frames(data)
+                finally:
+                    batch.open = False
+                    batch.flush()
             if not data:
                 return
         self._dataReceived(data)
@@ -407,28 +443,67 @@ class FastSignalingProtocol(SignalingProtocol):
         return buf[pos:] if pos else buf
 
     def send(self, data: bytes) -> None:
-        """Send one text frame (written directly when small); close a slow consumer."""
+        """
+        Send one text frame: a small one is written directly, or queued until
+        the end of the current batch (:class:`_SendBatch`); close a slow
+        consumer.
+        """
         if self.state != STATE_OPEN:
             return
-        if len(data) <= self._send_limit:
-            frames = _frames
-            frame = frames.frame if data is frames.payload else frames.frame_of(data)
-            connection = self._tcp
-            if (connection is not None and not connection._tempDataLen
-                    and connection.offset == len(connection.dataBuffer)
-                    and not connection.disconnecting):
-                # Nothing waits in Twisted's buffer: send now, buffer the rest.
-                try:
-                    sent = self._socket.send(frame)
-                except OSError:  # full, or broken: Twisted's write path finds out
-                    sent = 0
-                if sent == len(frame):
-                    return
-                frame = frame[sent:]
-            self.transport.write(frame)
-        else:
+        if len(data) > self._send_limit:
             self.sendMessage(data)
+            self._check_output(len(data))
+            return
+        frames = _frames
+        frame = frames.frame if data is frames.payload else frames.frame_of(data)
+        if _batch.open:
+            if self._queued is None:
+                self._queued = [frame]
+                _batch.pending.append(self)
+            else:
+                self._queued.append(frame)
+            self._queued_size += len(data)
+            return
+        self._write(frame)
         self._check_output(len(data))
+
+    def _flush_queued(self) -> None:
+        """Write the frames queued in a batch (dropped if the connection closed since)."""
+        queued, size = self._queued, self._queued_size
+        if queued is None:
+            return
+        self._queued, self._queued_size = None, 0
+        if self.state != STATE_OPEN:
+            return
+        self._write(queued[0] if len(queued) == 1 else b"".join(queued))
+        self._check_output(size)
+
+    def writable(self) -> bool:
+        """Whether the send buffer has room, counting the frames queued in a batch."""
+        if self._queued is not None:
+            self._flush_queued()
+        return super().writable()
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Autobahn's write of every other frame (close, ping, large): queued frames go first."""
+        if self._queued is not None:
+            self._flush_queued()
+        super().sendData(data, sync, chopsize)
+
+    def _write(self, frame: bytes) -> None:
+        connection = self._tcp
+        if (connection is not None and not connection._tempDataLen
+                and connection.offset == len(connection.dataBuffer)
+                and not connection.disconnecting):
+            # Nothing waits in Twisted's buffer: send now, buffer the rest.
+            try:
+                sent = self._socket.send(frame)
+            except OSError:  # full, or broken: Twisted's write path finds out
+                sent = 0
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        self.transport.write(frame)
 
 
 def _fast_limit(protocol: FastSignalingProtocol) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import unicodedata
 from typing import Any
 
@@ -24,7 +25,6 @@ __all__ = [
     "encode",
     "error_message",
     "offline_delivery",
-    "stamp",
     "validate_id",
     "is_unicode",
     "lone_surrogate_field",
@@ -127,20 +127,22 @@ def _parse_float(text: str) -> float:
     return value
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
+def _parse_int(text: str) -> int:
+    value = int(text) if len(text) <= _MAX_INT_TEXT else None
+    if value is None or not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        raise ValueError(f"number {text[:20]}... is out of range")
+    return value
 
 
-def _too_deep(text: str, message: Any) -> bool:
-    if text.count("[") + text.count("{") <= MAX_DEPTH:
-        return False
-    stack = [(message, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
+#: The largest finite float: a number beyond it, integer or not, has no
+#: value a JavaScript client could read.
+_FLOAT_MAX = sys.float_info.max
+#: Characters of the longest integer within the float range (sign included).
+_MAX_INT_TEXT = len(str(int(_FLOAT_MAX))) + 1
+
+_decoder = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int
+)
 
 
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
@@ -155,52 +157,85 @@ _fast_dumps = orjson.dumps
 _HUGE = 2.0 ** 63
 
 
-def _holds_huge_float(message: dict[str, Any]) -> bool:
-    """Whether ``message`` holds a float of :data:`_HUGE` or more, at any depth."""
-    stack: list[Any] = [message]
+def _inspect(message: dict[str, Any]) -> int:
+    """
+    One walk over ``message``: :data:`_TOO_DEEP` when it nests deeper than
+    :data:`MAX_DEPTH`, :data:`_HUGE_FLOAT` when it holds a float of
+    :data:`_HUGE` or more, else 0.
+    """
+    found = 0
+    stack: list[tuple[Any, int]] = [(message, 1)]
     while stack:
-        node = stack.pop()
+        node, depth = stack.pop()
         for value in node.values() if type(node) is dict else node:
             kind = type(value)
             if kind is float:
                 if value >= _HUGE or value <= -_HUGE:
-                    return True
+                    found = _HUGE_FLOAT
             elif kind is dict or kind is list:
-                stack.append(value)
-    return False
+                if depth == MAX_DEPTH:
+                    return _TOO_DEEP
+                stack.append((value, depth + 1))
+    return found
+
+
+_TOO_DEEP = 1
+_HUGE_FLOAT = 2
 
 
 def decode(payload: bytes | str) -> dict[str, Any]:
     """
     Parse one frame into a message dict.
 
-    ``payload`` is the frame's bytes, or its text decoded from UTF-8 (as both
-    WebSocket layers hand it over). The fast parser (orjson) reads almost
-    every message; what it refuses, and the rare message whose integers it
-    would read inexactly, is read again by the standard parser, whose
-    refusals name the problem (:func:`_decode_exactly`).
+    ``payload`` is the frame's bytes, or its text decoded from UTF-8. The
+    fast parser (orjson) reads almost every message; what it refuses, and
+    the rare message whose integers it would read inexactly, is read again
+    by the standard parser, whose refusals name the problem
+    (:func:`_decode_exactly`).
 
     :raises ProtocolError: ``INVALID_MESSAGE`` when the payload is not UTF-8,
-        not JSON, not an object, or has no string ``type``; ``INVALID_FIELD``
-        naming the field when a string (a value or a key, at any depth) holds
-        a lone surrogate, which is not Unicode text and could be neither
-        stored nor sent as UTF-8. Escaped surrogate pairs are one character
-        and welcome.
+        not JSON, not an object, nests deeper than :data:`MAX_DEPTH` or has
+        no string ``type``; ``INVALID_FIELD`` naming the field when a string
+        (a value or a key, at any depth) holds a lone surrogate, which is not
+        Unicode text and could be neither stored nor sent as UTF-8. Escaped
+        surrogate pairs are one character and welcome.
     """
-    if type(payload) is not str:
-        try:
-            payload = bytes(payload).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError(INVALID_MESSAGE, "message is not valid UTF-8")
     try:
         message = _fast_loads(payload)
     except orjson.JSONDecodeError:
-        return _decode_exactly(payload)
-    # orjson refused any lone surrogate already. It reads an integer of more
-    # than 64 bits as a float, which the standard parser keeps exact.
-    if type(message) is dict and _holds_huge_float(message):
-        return _decode_exactly(payload)
-    return _checked(payload, message)
+        # Invalid UTF-8, a lone surrogate, or not JSON: let the standard
+        # parser say which.
+        return _decode_exactly(_text(payload))
+    if _checked(message) == _HUGE_FLOAT:
+        # Maybe an integer of more than 64 bits, which orjson reads as a
+        # float and the standard parser keeps exact.
+        return _decode_exactly(_text(payload))
+    return message
+
+
+def _checked(message: Any) -> int:
+    """
+    Refuse ``message`` unless it is an object with a string ``type``,
+    nested at most :data:`MAX_DEPTH`; what else :func:`_inspect` found.
+    """
+    if type(message) is not dict:
+        raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
+    found = _inspect(message)
+    if found == _TOO_DEEP:
+        raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
+    if type(message.get("type")) is not str:
+        raise ProtocolError(INVALID_MESSAGE, "message needs a string field 'type'")
+    return found
+
+
+def _text(payload: bytes | str) -> str:
+    """``payload`` as text. :raises ProtocolError: when it is not UTF-8."""
+    if type(payload) is str:
+        return payload
+    try:
+        return bytes(payload).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(INVALID_MESSAGE, "message is not valid UTF-8")
 
 
 def _decode_exactly(payload: str) -> dict[str, Any]:
@@ -211,7 +246,7 @@ def _decode_exactly(payload: str) -> dict[str, Any]:
         raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
     except ValueError as e:
         raise ProtocolError(INVALID_MESSAGE, f"message is not valid JSON: {e}")
-    message = _checked(payload, message)
+    _checked(message)
     if _SURROGATE_ESCAPE.search(payload) is not None:
         where = lone_surrogate_field(message)
         if where is not None:
@@ -241,17 +276,6 @@ def _echoable(message: dict[str, Any]) -> dict[str, Any]:
     return echo
 
 
-def _checked(payload: str, message: Any) -> dict[str, Any]:
-    """``message`` if it is an object with a string ``type``, nested at most :data:`MAX_DEPTH`."""
-    if type(message) is not dict:
-        raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
-    if _too_deep(payload, message):
-        raise ProtocolError(INVALID_MESSAGE, "message is nested too deeply")
-    if type(message.get("type")) is not str:
-        raise ProtocolError(INVALID_MESSAGE, "message needs a string field 'type'")
-    return message
-
-
 def encode(message: dict[str, Any]) -> bytes:
     """
     Serialize a message for the wire: compact JSON in UTF-8, characters
@@ -269,28 +293,6 @@ def encode(message: dict[str, Any]) -> bytes:
             return _encoder.encode(message).encode("utf-8")
         except UnicodeEncodeError:
             return _ascii_encoder.encode(message).encode("ascii")
-
-
-def stamp(raw: bytes | str, message: dict[str, Any], changes: dict[str, Any]) -> bytes:
-    """
-    ``message`` with the fields of ``changes`` set (``from``, ``sender``, a
-    timestamp, ids as the server spells them), encoded, from ``raw``, the
-    text it was decoded from: when no field of ``changes`` is already there
-    with another value, the missing ones are appended to the raw text instead
-    of encoding the whole message again (every field the client sent stays
-    as it sent it). The result is the same JSON object as
-    ``encode({**message, **changes})`` either way.
-    """
-    tail = []
-    for key, value in changes.items():
-        if key not in message:
-            tail.append(b'"%s":%s' % (key.encode(), _fast_dumps(value)))
-        elif message[key] != value:
-            return encode({**message, **changes})
-    data = raw.encode() if type(raw) is str else bytes(raw)
-    if not tail:
-        return data
-    return b"%s,%s}" % (data.rstrip(b" \t\n\r")[:-1], b",".join(tail))
 
 
 def offline_delivery(

@@ -77,7 +77,7 @@ class RootResource(Resource):
             request.setHeader(b"vary", b"Origin")
         if request.method == b"OPTIONS":
             request.setResponseCode(204)
-            request.setHeader(b"access-control-allow-methods", b"GET, OPTIONS")
+            request.setHeader(b"access-control-allow-methods", b"GET, HEAD, OPTIONS")
             request.setHeader(
                 b"access-control-allow-headers",
                 request.getHeader(b"access-control-request-headers") or b"Content-Type",

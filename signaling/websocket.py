@@ -50,17 +50,19 @@ class OutputWatch:
     Registered as the transport's streaming producer: the transport pauses it
     when its send buffer fills and resumes it once the buffer is empty, so
     :attr:`held` is (within one buffer size) what the client has not taken
-    yet. Over ``limit`` the connection is a slow consumer.
+    yet. Over ``limit`` the connection is a slow consumer. Each resume calls
+    ``on_resume()``: the client is reading.
     """
 
-    __slots__ = ("paused", "held", "limit", "_drained", "_clock")
+    __slots__ = ("paused", "held", "limit", "_drained", "_clock", "_on_resume")
 
-    def __init__(self, limit: int, clock: Any) -> None:
+    def __init__(self, limit: int, clock: Any, on_resume: Any = None) -> None:
         self.paused = False
         self.held = 0
         self.limit = limit
         self._drained: list[Any] = []
         self._clock = clock
+        self._on_resume = on_resume
 
     def wrote(self, size: int) -> bool:
         """Account ``size`` bytes written; True when the client fell too far behind."""
@@ -96,6 +98,8 @@ class OutputWatch:
     def resumeProducing(self) -> None:
         self.paused = False
         self.held = 0
+        if self._on_resume is not None:
+            self._on_resume()
         self._call_drained()
 
     def stopProducing(self) -> None:
@@ -146,7 +150,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         super().failHandshake(reason, code, responseHeaders)
 
     def onOpen(self) -> None:
-        self._output = OutputWatch(self.factory.max_send_buffer, self.factory.reactor)
+        self._output = OutputWatch(self.factory.max_send_buffer, self.factory.reactor,
+                                   self._drained)
         self.transport.registerProducer(self._output, True)
         hub = self.factory.hub
         self.session = hub.connect(self, self.peer_address)
@@ -159,6 +164,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         super().onOpenHandshakeTimeout()
 
     def onMessage(self, payload: bytes | str, isBinary: bool) -> None:
+        if self.state != STATE_OPEN:
+            return  # the server is closing the connection: the rest is not read
         if 0 < self.factory.max_message_size < len(payload):
             # A message of several frames, each within the frame limit, that
             # is larger together (Autobahn's own limit is the outgoing one).
@@ -170,9 +177,20 @@ class SignalingProtocol(WebSocketServerProtocol):
         if self.session is not None:
             self.factory.hub.pong(self.session)
 
+    def onPing(self, payload: bytes) -> None:
+        # A client that does not read what it is sent gets no pong: pongs
+        # must not pile up in memory behind the send buffer limit.
+        if (self.session is not None and self.factory.hub.receive_ping(self.session)
+                and self.writable()):
+            super().onPing(payload)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:
             self.factory.hub.disconnect(self.session)
+
+    def _drained(self) -> None:
+        if self.session is not None:
+            self.factory.hub.pong(self.session)
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)

@@ -44,11 +44,14 @@ class Client(WebSocketClientProtocol):
         self.closed: defer.Deferred = defer.Deferred()
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        #: Every text frame received, as it came.
+        self.frames: list[bytes] = []
 
     def onOpen(self) -> None:
         self.opened.callback(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.frames.append(payload)
         self.inbox.put(json.loads(payload))
 
     def onPing(self, payload: bytes) -> None:

@@ -12,9 +12,10 @@ import json
 import socket
 
 import jwt
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from helpers import Client, ServerTestCase, capture_log, wait_for
+from helpers import Client, ServerTestCase, capture_log, pause, wait_for
 
 SECRET = "h" * 32
 
@@ -125,6 +126,130 @@ class BacklogTests(ServerTestCase):
         self.assertEqual(ids, [f"m{i}" for i in range(100 - kept, 100)])
 
 
+class TrickleReader(protocol.Protocol):
+    """
+    A raw WebSocket client that reads at most ``chunk`` bytes every 50 ms
+    straight from its socket (a phone on a slow link), counting the
+    ``offline-message`` frames it got.
+    """
+
+    chunk = 8192
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        self.transport.stopReading()
+        sock = self.transport.getHandle()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        self.transport.write(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self._reading = task.LoopingCall(self._trickle)
+        self._reading.start(0.05)
+
+    def register(self, peer_id: str) -> None:
+        payload = json.dumps({"type": "register", "peerId": peer_id}).encode()
+        self.transport.write(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+
+    def _trickle(self) -> None:
+        try:
+            data = self.transport.getHandle().recv(self.chunk)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.lost = True
+            self._reading.stop()
+            self.transport.abortConnection()
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost = True
+        if self._reading.running:
+            self._reading.stop()
+
+    @property
+    def offline_messages(self) -> int:
+        return self.received.count(b'"type":"offline-message"')
+
+
+class BacklogHeartbeatTests(ServerTestCase):
+    """
+    A peer reading a long backlog slowly is alive, though the server's ping
+    waits behind the backlog and cannot be answered in time.
+    """
+
+    config = BacklogTests.config
+    fill = BacklogTests.fill
+
+    @defer.inlineCallbacks
+    def test_heartbeats_during_a_slow_backlog_do_not_drop_the_reader(self):
+        yield self.fill(10, 40_000)
+        zoe = TrickleReader()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), zoe)
+        yield wait_for(lambda: b"\r\n\r\n" in zoe.received, "the handshake")
+        [session] = [s for s in self.registry.sessions if not s.registered]
+        # A small kernel send buffer: what the reader has not taken waits in
+        # the server's own buffer, as it does on a real slow link.
+        session.conn.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        zoe.register("zoe")
+        for _ in range(60):
+            # A heartbeat sweep every half second of the slow read.
+            self.clock.advance(self.service.config.heartbeat_interval)
+            yield pause(0.5)
+            if zoe.offline_messages == 10 or zoe.lost:
+                break
+        self.assertFalse(zoe.lost, "the reader was dropped")
+        self.assertEqual(zoe.offline_messages, 10)
+        zoe.transport.abortConnection()
+
+
+class PingFloodTests(ServerTestCase):
+    """WebSocket ping frames are messages to the rate limit, and get no pong a client does not read."""
+
+    config = {"rate_limit": 0, "max_send_buffer": 256 * 1024}
+
+    @defer.inlineCallbacks
+    def test_pongs_do_not_pile_up_for_a_client_that_does_not_read(self):
+        client = yield self.register("flooder")
+        server_side = self.registry.identities["flooder"].conn.transport
+        client.transport.pauseProducing()  # reads nothing from now on
+        buffered = []
+
+        def measure():
+            buffered.append(len(server_side.dataBuffer) - server_side.offset
+                            + server_side._tempDataLen)
+
+        sampler = task.LoopingCall(measure)
+        sampler.start(0.01)
+        self.addCleanup(lambda: sampler.running and sampler.stop())
+        for _ in range(40):
+            for _ in range(5000):
+                client.sendPing(b"p" * 125)
+            yield pause(0.02)
+        yield pause(0.5)
+        sampler.stop()
+        # Twisted's buffer pauses the connection's producer past 64 KiB; 20 MB
+        # of pongs were asked for.
+        self.assertLess(max(buffered), 1024 * 1024)
+
+
+
+class PingRateTests(ServerTestCase):
+    @defer.inlineCallbacks
+    def test_ping_frames_count_against_the_rate_limit(self):
+        client = yield self.register("flooder")  # default limits: 100 a second, bursts of 200
+        for _ in range(1000):
+            client.sendPing(b"p")
+        error = yield client.expect_error("RATE_LIMITED")
+        self.assertIn("retryAfterMs", error)
+
+
 class LargeMessageTests(ServerTestCase):
     """Messages near the size limit are delivered, or refused to their sender."""
 
@@ -157,17 +282,17 @@ class LargeMessageTests(ServerTestCase):
         a = yield self.register("a")
         b = yield self.register("b")
         yield a.expect("peer-status")
-        numbers = "[" + ",".join(["1e15"] * 12000) + "]"  # 60 KB in, 220 KB re-encoded
-        # As sent, it is relayed as sent: only the sender's fields are added.
-        a.send('{"type":"offer","to":"b","messageId":"n0","x":' + numbers + "}")
-        offer = yield b.expect("offer")
-        self.assertEqual(len(offer["x"]), 12000)
-        # With a forged "from" the server must rewrite the message, which
-        # would then be too large: refused to its sender, nothing relayed.
-        a.send('{"type":"offer","to":"b","from":"c","messageId":"n1","x":' + numbers + "}")
+        # 60 KB as sent; the server writes every relayed message anew, and
+        # this one would grow to 220 KB: refused to its sender, nothing relayed.
+        numbers = "[" + ",".join(["1e15"] * 12000) + "]"
+        a.send('{"type":"offer","to":"b","messageId":"n1","x":' + numbers + "}")
         error = yield a.expect_error("INVALID_MESSAGE")
         self.assertEqual(error["messageId"], "n1")
         self.assertIn("too large", error["error"])
+        # A fifth of it fits once grown, and arrives with the same values.
+        a.send('{"type":"offer","to":"b","x":' + numbers[:12000] + "]}")
+        offer = yield b.expect("offer")
+        self.assertEqual(offer["x"], [1e15] * 2400)
         yield self.roundtrip(b)
         b.assert_quiet()
 
@@ -247,6 +372,31 @@ class SpoofingTests(ServerTestCase):
             yield mallory.expect_error("INVALID_FIELD")
         yield self.roundtrip(victim)
         victim.assert_quiet()
+
+    @defer.inlineCallbacks
+    def test_duplicate_keys_reach_nobody(self):
+        """
+        JSON readers disagree on repeated keys (most keep the last, some the
+        first, strict ones refuse the text): a sender must not be able to
+        show a first-key reader another type or sender than the server saw.
+        Every relayed message is written anew, each key once.
+        """
+        victim = yield self.register("victim")
+        room_member = yield self.join("r", "member")
+        mallory = yield self.register("mallory")
+        yield self.join("r", "mallory", client=mallory)
+        forged = ('"type":"server-shutdown","from":"boss","sender":"boss","reconnectAfterMs":1,'
+                  '"type":"%s","from":"mallory","sender":"mallory"')
+        mallory.send('{%s,"to":"victim"}' % (forged % "offer"))
+        mallory.send('{%s,"roomId":"r"}' % (forged % "chat"))
+        for client, type_ in ((victim, "offer"), (room_member, "chat")):
+            yield client.expect(type_, skip=("peer-status", "user-joined"))
+            frames = [json.loads(frame, object_pairs_hook=list) for frame in client.frames]
+            [pairs] = [pairs for pairs in frames if ("type", type_) in pairs]
+            keys = [key for key, _ in pairs]
+            self.assertEqual(len(keys), len(set(keys)), pairs)
+            self.assertEqual(dict(pairs)["from"], "mallory")
+            self.assertEqual(keys.count("type"), 1)
 
 
 class TakeoverGrantTests(ServerTestCase):

@@ -466,6 +466,16 @@ class FieldCapTests(ServerTestCase):
         yield client.expect("registered")
 
     @defer.inlineCallbacks
+    def test_device_type_cap(self):
+        client = yield self.connect()
+        client.send({"type": "register", "peerId": "a", "deviceType": "t" * 65})
+        error = yield client.expect_error("INVALID_FIELD")
+        self.assertIn("deviceType", error["error"])
+        self.assertNotIn("a", self.registry.identities)
+        client.send({"type": "register", "peerId": "a", "deviceType": "t" * 64})
+        yield client.expect("registered")
+
+    @defer.inlineCallbacks
     def test_id_length_cap(self):
         client = yield self.connect()
         client.send({"type": "register", "peerId": "p" * 129})

@@ -234,7 +234,7 @@ class BadValueTests(ProcessTestCase):
             children.append(child)
         results = []
         for case, child in zip(cases, children):
-            out, _ = child.communicate(timeout=30)
+            out, _ = child.communicate(timeout=60)
             results.append((case, child.returncode, out))
         return results
 

@@ -118,6 +118,10 @@ async def open_loop(total: int, rate: float, t0: float, limit: float, send: Call
         await asyncio.sleep(0.001)
 
 
+#: Seconds per slice of the rate scenario's latency timeline.
+TIMELINE_SLICE = 0.5
+
+
 class _Directed:
     """Shared state of the relay and rate scenarios."""
 
@@ -136,6 +140,8 @@ class _Directed:
         self.sent = 0
         self.recv_in_win = 0
         self.lat, self.lat_send, self.send_lag = Samples(), Samples(), Samples()
+        #: latency samples by slice of the window (:data:`TIMELINE_SLICE`), by scheduled time
+        self.timeline: dict[int, Samples] = {}
         ctx.pool.on_data = self.on_data
 
     def send(self, src: int, kind: int, t_sched: Optional[float] = None) -> None:
@@ -172,10 +178,21 @@ class _Directed:
             self.recv_in_win += 1
         ts = self.ledger.t_sched[seq]
         if self.win0 <= ts < self.win1:
-            self.lat.add((t - ts) * 1000.0)
+            latency = (t - ts) * 1000.0
+            self.lat.add(latency)
             self.lat_send.add((t - self.ledger.t_send[seq]) * 1000.0)
+            self.timeline.setdefault(int((ts - self.win0) / TIMELINE_SLICE), Samples()).add(latency)
         if self.closed_loop and self.running:
             self.send(c.idx, 1 - kind)
+
+    def lat_timeline(self) -> list[list[Optional[float]]]:
+        """``[start_s, n, p50, p99, max]`` of each slice of the window: the tail over time."""
+        rows = []
+        for index in sorted(self.timeline):
+            summary = self.timeline[index].summary()
+            rows.append([r3(index * TIMELINE_SLICE), summary["n"], summary["p50"],
+                         summary["p99"], summary["max"]])
+        return rows
 
     async def drain(self) -> int:
         """Wait up to ``--drain`` seconds for messages in flight; return the missing count."""
@@ -240,7 +257,7 @@ async def rate(ctx: Context) -> None:
     res.update(msgs_sent=d.sent, msgs_recv_in_window=d.recv_in_win,
                sent_rate=r3(d.sent / (p.warmup + p.duration)), achieved_rate=r3(d.recv_in_win / p.duration),
                lat_ms=d.lat.summary(), lat_from_send_ms=d.lat_send.summary(),
-               send_lag_ms=d.send_lag.summary(), missing=missing)
+               send_lag_ms=d.send_lag.summary(), lat_timeline_ms=d.lat_timeline(), missing=missing)
     _redis_per_message(res, d.recv_in_win)
     await ctx.pool.close_all()
 

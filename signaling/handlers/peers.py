@@ -10,7 +10,8 @@ from typing import Any, Callable
 from .. import messages as m
 from ..logs import log_event
 from ..maybe import then
-from ..messages import ProtocolError, encode, stamp, validate_id
+from ..config import MAX_DEVICE_TYPE_LENGTH
+from ..messages import ProtocolError, encode, validate_id
 from ..session import Session
 from .context import Context
 from .offline import OfflineHandlers
@@ -52,8 +53,13 @@ class PeerHandlers:
 
     def _device_fields(self, message: dict[str, Any]) -> tuple[Any, Any]:
         device_type = message.get("deviceType")
-        if device_type is not None and not isinstance(device_type, str):
-            raise ProtocolError(m.INVALID_FIELD, "'deviceType' must be a string")
+        if device_type is not None and (
+            not isinstance(device_type, str) or len(device_type) > MAX_DEVICE_TYPE_LENGTH
+        ):
+            raise ProtocolError(
+                m.INVALID_FIELD,
+                f"'deviceType' must be a string of at most {MAX_DEVICE_TYPE_LENGTH} characters",
+            )
         device_info = message.get("deviceInfo")
         if device_info is not None:
             if not isinstance(device_info, dict):
@@ -172,10 +178,10 @@ class PeerHandlers:
 
     # -- directed relay -------------------------------------------------------
 
-    def relay(self, session: Session, message: dict[str, Any], raw: bytes | str) -> Any:
+    def relay(self, session: Session, message: dict[str, Any]) -> Any:
         """
-        Forward a message with ``to`` (``raw``: its text as received) to that
-        peer, or store it while it is offline.
+        Forward a message with ``to`` to that peer, or store it while it is
+        offline.
         """
         if not session.registered:
             raise ProtocolError(
@@ -189,7 +195,7 @@ class PeerHandlers:
         changes = {"to": to, "from": session.identity, "sender": session.identity}
         if message["type"] == "message" and "timestamp" not in message:
             changes["timestamp"] = ctx.now_ms()
-        data = stamp(raw, message, changes)
+        data = encode({**message, **changes})
         target = ctx.registry.holder(to)
         if target is not None:
             target.send(ctx.relayed_bytes(data))

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .. import messages as m
 from ..logs import log_event
 from ..maybe import then
-from ..messages import ProtocolError, encode, stamp, validate_id
+from ..messages import ProtocolError, encode, validate_id
 from ..session import Session
 from .context import Context
 from .peers import take_over
@@ -74,10 +74,10 @@ class RoomHandlers:
         self._ctx.announce_left(session, session.identity, [room_id])
         self._ctx.reply(session, {"type": "leave-success", "roomId": room_id})
 
-    def relay(self, session: Session, message: dict[str, Any], raw: bytes | str) -> Any:
+    def relay(self, session: Session, message: dict[str, Any]) -> Any:
         """
-        Forward a message with ``roomId`` (``raw``: its text as received) to
-        the room, or to its member ``to``.
+        Forward a message with ``roomId`` to the room, or to its member
+        ``to``.
         """
         ctx = self._ctx
         room_id = validate_id(message["roomId"], "roomId")
@@ -89,7 +89,7 @@ class RoomHandlers:
         type_ = message["type"]
         if "to" in message:
             to = changes["to"] = validate_id(message["to"], "to")
-            data = ctx.relayed_bytes(stamp(raw, message, changes))
+            data = ctx.relayed_bytes(encode({**message, **changes}))
             target = ctx.registry.room_member(room_id, to)
             if target is None and to != session.identity:
                 # Maybe a member on another server (cluster mode).
@@ -104,7 +104,7 @@ class RoomHandlers:
             target.send(data)
             delivered = 1
         else:
-            data = ctx.relayed_bytes(stamp(raw, message, changes))
+            data = ctx.relayed_bytes(encode({**message, **changes}))
             delivered = ctx.registry.send_room(room_id, data, session)
         ctx.relayed(type_, delivered)
         return None
