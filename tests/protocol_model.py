@@ -41,6 +41,8 @@ MAX_FRAME = 65536
 OFFLINE_MAX = 8
 #: Largest ``deviceInfo`` the server accepts (its default), encoded.
 MAX_DEVICE_INFO = 4096
+#: Longest ``deviceType``.
+MAX_DEVICE_TYPE = 64
 #: Arguments of every server: a database file in its directory, rate limiting
 #: off (steps go faster than a client would send), the small offline queue.
 SERVER_ARGS = ("--db", "offline.sqlite", "--rate-limit", "0", "--offline-max", str(OFFLINE_MAX))
@@ -575,7 +577,8 @@ class ServerModel:
         if self.refused_as_text(conn, message):
             return
         dtype, dinfo = message.get("deviceType"), message.get("deviceInfo")
-        if not valid_id(peer_id) or (dtype is not None and not isinstance(dtype, str)) or (
+        if not valid_id(peer_id) or (dtype is not None and (
+                not isinstance(dtype, str) or len(dtype) > MAX_DEVICE_TYPE)) or (
                 dinfo is not None and (not isinstance(dinfo, dict)
                                        or len(encode_frame(dinfo)) > MAX_DEVICE_INFO)):
             self.expect_error(conn, "INVALID_FIELD", message)
@@ -683,12 +686,9 @@ class ServerModel:
         closes the connection with 1009) or the message is refused whole
         for a lone surrogate.
 
-        ``grows``: with :data:`GROWING_FIELD`. The server relays a client's
-        text as it came, with its own fields appended; only a forged sender
-        makes it encode the message again, which is when the field grows
-        past what the server sends: so ``grows`` comes with ``spoof``.
+        ``grows``: with :data:`GROWING_FIELD`, which the server, encoding
+        every message it relays anew, makes larger than it sends.
         """
-        assert spoof or not grows, "a message grows only when the server re-encodes it"
         if spoof:
             message["from"] = message["sender"] = "mallory"
         frame = frame_of(message, grows)

@@ -115,8 +115,9 @@ def message_id_fields(name: str, nonce: int) -> dict[str, Any]:
 MESSAGE_IDS = ["absent", "fresh", "int", "empty", "bool", "dup", "id-field", "256-chars", "emoji"]
 #: (deviceType, deviceInfo) of a registration.
 DEVICES = {"absent": (ABSENT, ABSENT), "phone": ("phone", {"os": "linux", "v": [1, 2]}),
+           "type-64-chars": ("t" * 64, ABSENT),
            "desktop": ("desktop", ABSENT), "nulls": (None, None)}
-BAD_DEVICES = {"type-number": (5, ABSENT), "info-5000-bytes": ("phone", {"blob": "z" * 5000}),
+BAD_DEVICES = {"type-number": (5, ABSENT), "type-65-chars": ("t" * 65, ABSENT), "info-5000-bytes": ("phone", {"blob": "z" * 5000}),
                "info-string": (ABSENT, "x"), "info-list": (ABSENT, [1])}
 LIMITS = {"absent": ABSENT, "1": 1, "2": 2, "500": 500}
 BAD_LIMITS = {"0": 0, "501": 501, "string": "5", "true": True, "float": 1.5,
