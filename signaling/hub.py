@@ -214,7 +214,7 @@ class Hub:
         try:
             message = decode(payload)
         except ProtocolError as e:
-            self._ctx.refuse(session, e)
+            self._ctx.refuse(session, e, e.request)
             return
         type_ = message["type"]
         self._events.message_received(type_)

@@ -111,6 +111,9 @@ class ProtocolError(Exception):
         self.code = code
         self.text = text
         self.extra = extra
+        #: What the error may echo of a request that was read but refused
+        #: whole by :func:`decode` (its ``type`` and id), when that is known.
+        self.request: dict[str, Any] | None = None
 
 
 def _reject_constant(name: str) -> Any:
@@ -247,10 +250,30 @@ def _decode_exactly(payload: str) -> dict[str, Any]:
     if _SURROGATE_ESCAPE.search(payload) is not None:
         where = lone_surrogate_field(message)
         if where is not None:
-            raise ProtocolError(
+            error = ProtocolError(
                 INVALID_FIELD, f"{where} must be valid Unicode text (it holds a lone surrogate)"
             )
+            error.request = _echoable(message)
+            raise error
     return message
+
+
+def _echoable(message: dict[str, Any]) -> dict[str, Any]:
+    """
+    The fields of a refused ``message`` its error echoes (``type``, and
+    ``messageId`` or ``id``), left out where they are not Unicode text: an
+    id that is itself refused is not sent back.
+    """
+    echo = {}
+    for key in ("type", "messageId", "id"):
+        value = message.get(key)
+        if isinstance(value, str) and not is_unicode(value):
+            if key != "type":
+                break  # the client's id is the bad one: no id at all
+            continue
+        if key in message:
+            echo[key] = value
+    return echo
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -290,7 +290,11 @@ class SignalingFactory(WebSocketServerFactory):
             # Send the promised close frame (1009, 1002...) instead of a bare TCP drop.
             failByDrop=False,
             autoPingInterval=0,
-            closeHandshakeTimeout=1,
+            # How long a client has to answer our close frame before the TCP
+            # connection is cut. Autobahn's timers round the deadline down to
+            # a whole second (txaio's batched timer), so 2 means one to two
+            # seconds; 1 meant anything from 0 to 1 s, often a millisecond.
+            closeHandshakeTimeout=2,
             openHandshakeTimeout=requests.timeout,
             # Origins (including "null") are judged by OriginPolicy in onConnect.
             allowNullOrigin=True,

@@ -57,6 +57,24 @@ class ErrorTests(ServerTestCase):
         self.assertEqual((error["messageId"], error["requestType"]), ("q1", "dance"))
 
     @defer.inlineCallbacks
+    def test_a_message_refused_for_a_lone_surrogate_names_the_request(self):
+        client = yield self.register("p")
+        client.send('{"type":"offer","to":"q","messageId":"m7","payload":"a\\ud800"}')
+        error = yield client.expect_error("INVALID_FIELD")
+        self.assertEqual((error["messageId"], error["requestType"]), ("m7", "offer"))
+        client.send('{"type":"chat","roomId":"r","id":"m8","x":{"\\udc00":1}}')
+        error = yield client.expect_error("INVALID_FIELD")
+        self.assertEqual((error["messageId"], error["requestType"]), ("m8", "chat"))
+        # What is itself not Unicode text is not sent back.
+        client.send('{"type":"message","to":"q","messageId":"\\ud800","id":"m9"}')
+        error = yield client.expect_error("INVALID_FIELD")
+        self.assertEqual((error.get("messageId"), error["requestType"]), (None, "message"))
+        client.send('{"type":"\\ud800","messageId":"m10"}')
+        error = yield client.expect_error("INVALID_FIELD")
+        self.assertEqual((error["messageId"], error.get("requestType")), ("m10", None))
+        yield self.roundtrip(client)
+
+    @defer.inlineCallbacks
     def test_oversized_message_closes_with_1009(self):
         client = yield self.connect()
         client.send({"type": "ping", "pad": "x" * 2000})
