@@ -4,7 +4,8 @@ The ``--redis`` URL: where the cluster's Redis server is, parsed and checked.
 Accepted forms (anything else is refused with a message naming ``--redis``)::
 
     redis://[[user]:password@]host[:port][/db]     plain TCP (port 6379, db 0 by default)
-    rediss://[[user]:password@]host[:port][/db]    TLS
+    rediss://[[user]:password@]host[:port][/db][?ca=/path/ca.pem]
+                                                   TLS (the system's trusted CAs, or those of ca)
     unix:///path/to/redis.sock[?db=N]              a Unix socket
 
 ``host`` is a name, an IPv4 address or an IPv6 address in brackets. The
@@ -24,6 +25,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .files import read_setting_file
+
+#: Largest CA file read for ``rediss://...?ca=``.
+MAX_CA_BYTES = 1024 * 1024
 
 __all__ = [
     "DEFAULT_REDIS_PORT",
@@ -62,6 +66,8 @@ class RedisTarget:
     :ivar db: database number.
     :ivar username: ACL user, or ``None`` for the default user.
     :ivar password: the password, or ``None``; never shown by ``repr``.
+    :ivar ca_file: PEM file of the CA certificates to trust for ``rediss://``
+        (``None``: the system's).
     """
 
     scheme: str
@@ -71,6 +77,7 @@ class RedisTarget:
     db: int = 0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -116,8 +123,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         raise ValueError(f"--redis {shown}: a fragment (#...) has no meaning here")
     if parts.scheme == "unix":
         return _unix_target(parts, shown)
-    if parts.query:
-        raise ValueError(f"--redis {shown}: no query (?...) is accepted in a {parts.scheme}:// URL")
+    ca_file = _ca_file(parts, shown)
     host = parts.hostname
     if not host:
         raise ValueError(f"--redis {shown}: the host is missing")
@@ -134,7 +140,34 @@ def parse_redis_url(url: str) -> RedisTarget:
         db=_db(parts.path.lstrip("/"), shown, "path"),
         username=username,
         password=password,
+        ca_file=ca_file,
     )
+
+
+def _ca_file(parts: Any, shown: str) -> str | None:
+    """The ``?ca=`` of a ``rediss://`` URL: an absolute path (None without it)."""
+    if not parts.query:
+        return None
+    name, sep, value = parts.query.partition("=")
+    if parts.scheme != "rediss" or name != "ca" or not sep or "&" in value:
+        raise ValueError(
+            f"--redis {shown}: the only query accepted is ?ca=/path/ca.pem, on a rediss:// URL"
+        )
+    path = unquote(value)
+    if not path.startswith("/"):
+        raise ValueError(f"--redis {shown}: the CA file must be an absolute path")
+    return path
+
+
+def _check_ca_file(path: str) -> None:
+    """:raises ValueError: ``path`` is not a readable PEM certificate."""
+    from twisted.internet.ssl import Certificate
+
+    data = read_setting_file(path, "the CA file of --redis", limit=MAX_CA_BYTES)
+    try:
+        Certificate.loadPEM(data)
+    except Exception:
+        raise ValueError(f"the CA file of --redis {path!r} holds no PEM certificate") from None
 
 
 def _unix_target(parts: Any, shown: str) -> RedisTarget:
@@ -226,6 +259,8 @@ def redis_target(redis_url: str | None, password_file: str | None = None) -> Red
             raise ValueError("--redis-password-file needs --redis")
         return None
     target = parse_redis_url(redis_url)
+    if target.ca_file is not None:
+        _check_ca_file(target.ca_file)
     if password_file is None:
         return target
     if target.password is not None:

@@ -248,19 +248,13 @@ class LoginTests(RedisTestCase):
         self.secured.start()
         self.addCleanup(self.secured.cleanup)
 
-    def url(self, password=None):
-        from urllib.parse import quote
+    def url(self):
+        return self.secured.url
 
-        if password is None:
-            return self.secured.url
-        return f"unix://:{quote(password, safe='')}@{self.secured.socket}"
-
-    @defer.inlineCallbacks
-    def test_password_in_url(self):
-        connection = yield self.commands(address=parse_redis_url(self.url("s3cret:/@x")))
-        self.assertEqual((yield connection.execute(b"PING")), b"PONG")
-        subscriber = yield self.subscriber(lambda c, p: None, address=parse_redis_url(self.url("s3cret:/@x")))
-        yield subscriber.subscribe(b"x")
+    def test_a_unix_url_takes_its_password_from_a_file(self):
+        with self.assertRaises(ValueError) as e:
+            parse_redis_url(f"unix://:pw@{self.secured.socket}")
+        self.assertIn("--redis-password-file", str(e.exception))
 
     @defer.inlineCallbacks
     def test_password_file(self):
@@ -272,7 +266,11 @@ class LoginTests(RedisTestCase):
 
     @defer.inlineCallbacks
     def test_wrong_password_is_refused(self):
-        connection = CommandConnection(parse_redis_url(self.url("wrong")), self.reactor, timeout=TIMEOUT)
+        path = os.path.abspath("wrong-password")
+        with open(path, "w") as f:
+            f.write("wrong\n")
+        address = parse_redis_url(self.url(), password_file=path)
+        connection = CommandConnection(address, self.reactor, timeout=TIMEOUT)
         connection.start()
         self.addCleanup(connection.stop)
         with self.assertRaises(BackendUnavailable) as e:

@@ -190,6 +190,16 @@ class OptionTests(SystemTempMixin, unittest.SynchronousTestCase):
         self.assertNotIn("hunter2", message)
         self.assertUsageError("does not exist", "--redis", SOCKET_URL,
                               "--redis-password-file", self.mktemp())
+        self.assertUsageError("CA file of --redis", "--redis", "rediss://h?ca=/nonexistent.pem")
+
+    def test_a_ca_file_for_rediss(self):
+        import os
+
+        from certs import PKI
+
+        root = str(PKI.create().write(os.path.abspath(self.mktemp())).root)
+        self.assertEqual(self.parse("--redis", f"rediss://h?ca={root}").redis_url,
+                         f"rediss://h?ca={root}")
 
     def test_workers_refuse_unix_listeners_and_unmovable_metrics(self):
         base = ["--workers", "2", "--redis", SOCKET_URL]

@@ -15,7 +15,7 @@ Cluster mode: several server processes share one signaling space through Redis.
 The design is described in ``docs/cluster.md``.
 """
 
-from .address import RedisAddress, RedisURLError, parse_redis_url
+from .address import RedisAddress, parse_redis_url
 from .backend import Claim, Join, NotHolder, PeerInfo, PeersPage, Reaped, RedisBackend, Release
 from .connection import BackendError, BackendUnavailable
 from .listener import INodeListener, NodeSubscriber
@@ -24,5 +24,5 @@ from .offline import OfflineLimits, RedisOfflineStore
 __all__ = [
     "BackendError", "BackendUnavailable", "Claim", "INodeListener", "Join", "NodeSubscriber",
     "NotHolder", "OfflineLimits", "PeerInfo", "PeersPage", "Reaped", "RedisAddress",
-    "RedisBackend", "RedisOfflineStore", "RedisURLError", "Release", "parse_redis_url",
+    "RedisBackend", "RedisOfflineStore", "Release", "parse_redis_url",
 ]

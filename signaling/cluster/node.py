@@ -15,10 +15,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..config import Config
-from ..redis_url import redis_target
 from ..registry import JOIN_SUCCESS_ENVELOPE
 from ..store import StoreLimits
-from .address import DEFAULT_PORT, RedisAddress
+from .address import RedisAddress, parse_redis_url
 from .backend import RedisBackend
 from .offline import OfflineLimits
 from .registry import ClusterRegistry
@@ -35,18 +34,9 @@ def redis_address(config: Config) -> RedisAddress:
 
     :raises ValueError: an unusable URL or password file.
     """
-    target = redis_target(config.redis_url, config.redis_password_file)
-    if target is None:
+    if config.redis_url is None:
         raise ValueError("cluster mode needs --redis")
-    return RedisAddress(
-        host=target.host,
-        port=DEFAULT_PORT if target.port is None else target.port,
-        path=target.path,
-        db=target.db,
-        username=target.username,
-        password=target.password,
-        tls=target.tls,
-    )
+    return parse_redis_url(config.redis_url, config.redis_password_file)
 
 
 class ClusterNode:
