@@ -286,7 +286,8 @@ class Hub:
         """
         dropped = 0
         for session in list(self._registry.sessions):
-            if session.alive:
+            took_output = self._took_output(session)
+            if session.alive or took_output:
                 session.alive = False
                 session.conn.ping()
             else:
@@ -299,6 +300,17 @@ class Hub:
                 self.disconnect(session)
                 session.conn.abort()
         return dropped
+
+    @staticmethod
+    def _took_output(session: Session) -> bool:
+        """
+        Whether the client took some of what the operating system held for it
+        since the last sweep: it is reading, though the ping waits behind a
+        long backlog in the kernel's buffer.
+        """
+        before = session.unacknowledged
+        now = session.unacknowledged = session.conn.unacknowledged()
+        return before is not None and now is not None and now < before
 
     def expire_offline(self) -> Any:
         """Drop offline messages past their age limit; returns how many (maybe later)."""

@@ -46,6 +46,12 @@ class IConnection(Interface):
         connection closes first.
         """
 
+    def unacknowledged():
+        """
+        Bytes the client has not taken yet of what the operating system
+        already sent or holds for it, or None where that cannot be known.
+        """
+
 
 class Session:
     """Everything the hub knows about one open connection."""
@@ -54,7 +60,7 @@ class Session:
         "conn", "address", "identity", "registered", "device_type",
         "device_info", "connected_at", "registered_seq", "rooms", "ack_mode",
         "alive", "replaced", "open", "grant", "limiter", "busy", "waiting",
-        "error_log", "error_log_muted",
+        "error_log", "error_log_muted", "unacknowledged",
     )
 
     def __init__(self, conn: Any, address: str, now_ms: int,
@@ -77,6 +83,8 @@ class Session:
         self.ack_mode = False
         #: showed life since the last heartbeat sweep
         self.alive = True
+        #: the connection's :meth:`IConnection.unacknowledged` at the last sweep
+        self.unacknowledged: int | None = None
         #: taken over by a newer connection for the same id
         self.replaced = False
         self.open = True

@@ -13,6 +13,9 @@ subclass that reads Autobahn's private state; this module uses none.
 
 from __future__ import annotations
 
+import fcntl
+import sys
+import termios
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -39,6 +42,9 @@ __all__ = ["SignalingProtocol", "SignalingFactory", "OutputWatch", "UpgradeResou
 _log = Logger()
 
 STATE_OPEN = WebSocketProtocol.STATE_OPEN
+#: The ioctl for a socket's send queue (``SIOCOUTQ``, the same number as
+#: ``TIOCOUTQ``); None where the system has none.
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)
 STATE_CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 
@@ -180,8 +186,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     def onPing(self, payload: bytes) -> None:
         # A client that does not read what it is sent gets no pong: pongs
         # must not pile up in memory behind the send buffer limit.
-        if (self.session is not None and self.factory.hub.receive_ping(self.session)
-                and self.writable()):
+        if (self.state == STATE_OPEN and self.session is not None
+                and self.factory.hub.receive_ping(self.session) and self.writable()):
             super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -246,6 +252,15 @@ class SignalingProtocol(WebSocketServerProtocol):
             self.factory.reactor.callLater(0, callback)
         else:
             self._output.when_drained(callback)
+
+    def unacknowledged(self) -> int | None:
+        """The socket's send queue (Linux ``SIOCOUTQ``): sent or held, not yet acknowledged."""
+        try:
+            fileno = self.transport.getHandle().fileno()
+            queued = fcntl.ioctl(fileno, _SIOCOUTQ, b"\0\0\0\0")
+        except (AttributeError, OSError, TypeError, ValueError):
+            return None
+        return int.from_bytes(queued, sys.byteorder, signed=True)
 
 
 class SignalingFactory(WebSocketServerFactory):

@@ -48,6 +48,9 @@ class Recorder:
     def resume_reading(self):
         pass
 
+    def unacknowledged(self):
+        return None
+
 
 class RegistryTestCase(RedisTestCase):
     @defer.inlineCallbacks

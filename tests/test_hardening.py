@@ -188,18 +188,22 @@ class BacklogHeartbeatTests(ServerTestCase):
     fill = BacklogTests.fill
 
     @defer.inlineCallbacks
-    def test_heartbeats_during_a_slow_backlog_do_not_drop_the_reader(self):
+    def read_backlog_slowly(self, server_send_buffer=None):
+        """
+        A backlog of 400 KB read at 160 KB/s, with a heartbeat sweep every half
+        second; the reader must get all of it without being dropped.
+        """
         yield self.fill(10, 40_000)
         zoe = TrickleReader()
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), zoe)
         yield wait_for(lambda: b"\r\n\r\n" in zoe.received, "the handshake")
-        [session] = [s for s in self.registry.sessions if not s.registered]
-        # A small kernel send buffer: what the reader has not taken waits in
-        # the server's own buffer, as it does on a real slow link.
-        session.conn.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        if server_send_buffer is not None:
+            [session] = [s for s in self.registry.sessions if not s.registered]
+            session.conn.transport.getHandle().setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, server_send_buffer
+            )
         zoe.register("zoe")
         for _ in range(60):
-            # A heartbeat sweep every half second of the slow read.
             self.clock.advance(self.service.config.heartbeat_interval)
             yield pause(0.5)
             if zoe.offline_messages == 10 or zoe.lost:
@@ -207,6 +211,17 @@ class BacklogHeartbeatTests(ServerTestCase):
         self.assertFalse(zoe.lost, "the reader was dropped")
         self.assertEqual(zoe.offline_messages, 10)
         zoe.transport.abortConnection()
+
+    def test_the_backlog_waits_in_the_servers_buffer(self):
+        # A small kernel send buffer: what the reader has not taken waits in
+        # the server's own buffer, which drains now and then.
+        return self.read_backlog_slowly(server_send_buffer=16384)
+
+    def test_the_backlog_waits_in_the_kernel(self):
+        # The whole backlog fits in the kernel's send buffer (it grows to
+        # megabytes): the server's own buffer never fills, and only the
+        # kernel's send queue shows that the reader is taking it.
+        return self.read_backlog_slowly()
 
 
 class PingFloodTests(ServerTestCase):
@@ -243,11 +258,16 @@ class PingFloodTests(ServerTestCase):
 class PingRateTests(ServerTestCase):
     @defer.inlineCallbacks
     def test_ping_frames_count_against_the_rate_limit(self):
+        limits = capture_log(self, lambda e: e.get("event") == "limit")
         client = yield self.register("flooder")  # default limits: 100 a second, bursts of 200
-        for _ in range(1000):
+        for _ in range(5000):
             client.sendPing(b"p")
         error = yield client.expect_error("RATE_LIMITED")
         self.assertIn("retryAfterMs", error)
+        code, _ = yield client.wait_closed()
+        self.assertEqual(code, 1008)
+        # Closed once, logged once: the pings after the close are not read.
+        self.assertEqual([e["limit"] for e in limits], ["rate"])
 
 
 class LargeMessageTests(ServerTestCase):

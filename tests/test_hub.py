@@ -58,6 +58,9 @@ class RecordingConnection:
     def writable(self):
         return self.room is None or self.room > 0
 
+    def unacknowledged(self):
+        return None
+
     def when_drained(self, callback):
         if self.room is None:
             callback()
