@@ -151,11 +151,7 @@ class Hub:
             self._peers.announce(session, "online")
 
     def pong(self, session: Session) -> None:
-        """
-        The client showed life without a message: it answered a heartbeat
-        ping, or took what the server had sent (its send buffer drained; a
-        ping queued behind a long backlog reaches it only later).
-        """
+        """The client answered a heartbeat ping."""
         session.alive = True
 
     def receive_ping(self, session: Session) -> bool:
@@ -286,7 +282,8 @@ class Hub:
         """
         dropped = 0
         for session in list(self._registry.sessions):
-            took_output = self._took_output(session)
+            # Asked of every session at every sweep: each answer counts from the last.
+            took_output = session.conn.took_output()
             if session.alive or took_output:
                 session.alive = False
                 session.conn.ping()
@@ -300,17 +297,6 @@ class Hub:
                 self.disconnect(session)
                 session.conn.abort()
         return dropped
-
-    @staticmethod
-    def _took_output(session: Session) -> bool:
-        """
-        Whether the client took some of what the operating system held for it
-        since the last sweep: it is reading, though the ping waits behind a
-        long backlog in the kernel's buffer.
-        """
-        before = session.unacknowledged
-        now = session.unacknowledged = session.conn.unacknowledged()
-        return before is not None and now is not None and now < before
 
     def expire_offline(self) -> Any:
         """Drop offline messages past their age limit; returns how many (maybe later)."""

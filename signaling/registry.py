@@ -33,7 +33,7 @@ from .messages import ProtocolError, encode
 from .session import Session
 from .store import IOfflineStore
 
-__all__ = ["IRegistry", "LocalRegistry", "PeersPage", "send_all"]
+__all__ = ["IRegistry", "LocalRegistry", "PeersPage", "may_bind", "send_all"]
 
 
 class PeersPage:
@@ -203,21 +203,10 @@ class LocalRegistry:
         return self.identities.get(identity)
 
     def bind(self, session: Session, identity: str) -> Session | None:
-        if not session.open:
-            return None
-        if session.identity is not None:
-            if session.identity != identity:
-                raise ProtocolError(
-                    m.IDENTITY_MISMATCH,
-                    f"this connection is bound to '{session.identity}', not '{identity}'",
-                )
-            return None
         holder = self.identities.get(identity)
+        if not may_bind(session, identity, holder):
+            return None
         if holder is not None:
-            if holder.grant is not None and session.grant is None:
-                raise ProtocolError(
-                    m.FORBIDDEN, f"'{identity}' is held by an authenticated connection"
-                )
             self._take_over(holder, session, identity)
         session.identity = identity
         self.identities[identity] = session
@@ -336,6 +325,30 @@ JOIN_SUCCESS_ENVELOPE = 1024
 def encode_id(identity: str) -> bytes:
     """An id as it appears in a JSON list."""
     return encode({"": identity})[4:-1]
+
+
+def may_bind(session: Session, identity: str, holder: Session | None) -> bool:
+    """
+    Whether ``session`` is to be bound to ``identity``, now held by
+    ``holder`` here (None: nobody here): False when it is closed or bound to
+    that id already.
+
+    :raises ProtocolError: ``IDENTITY_MISMATCH`` when it is bound to another
+        id; ``FORBIDDEN`` when an authenticated connection holds the id and
+        ``session`` has no token.
+    """
+    if not session.open:
+        return False
+    if session.identity is not None:
+        if session.identity != identity:
+            raise ProtocolError(
+                m.IDENTITY_MISMATCH,
+                f"this connection is bound to '{session.identity}', not '{identity}'",
+            )
+        return False
+    if holder is not None and holder.grant is not None and session.grant is None:
+        raise ProtocolError(m.FORBIDDEN, f"'{identity}' is held by an authenticated connection")
+    return True
 
 
 def send_all(sessions: Iterable[Session], data: bytes, exclude: Session | None) -> int:

@@ -46,10 +46,11 @@ class IConnection(Interface):
         connection closes first.
         """
 
-    def unacknowledged():
+    def took_output():
         """
-        Bytes the client has not taken yet of what the operating system
-        already sent or holds for it, or None where that cannot be known.
+        Whether the client took some of what was sent to it since the
+        previous call (the first call only starts counting): it is reading,
+        even while a ping waits behind a long backlog.
         """
 
 
@@ -60,7 +61,7 @@ class Session:
         "conn", "address", "identity", "registered", "device_type",
         "device_info", "connected_at", "registered_seq", "rooms", "ack_mode",
         "alive", "replaced", "open", "grant", "limiter", "busy", "waiting",
-        "error_log", "error_log_muted", "unacknowledged",
+        "error_log", "error_log_muted",
     )
 
     def __init__(self, conn: Any, address: str, now_ms: int,
@@ -83,8 +84,6 @@ class Session:
         self.ack_mode = False
         #: showed life since the last heartbeat sweep
         self.alive = True
-        #: the connection's :meth:`IConnection.unacknowledged` at the last sweep
-        self.unacknowledged: int | None = None
         #: taken over by a newer connection for the same id
         self.replaced = False
         self.open = True

@@ -56,19 +56,22 @@ class OutputWatch:
     Registered as the transport's streaming producer: the transport pauses it
     when its send buffer fills and resumes it once the buffer is empty, so
     :attr:`held` is (within one buffer size) what the client has not taken
-    yet. Over ``limit`` the connection is a slow consumer. Each resume calls
-    ``on_resume()``: the client is reading.
+    yet. Over ``limit`` the connection is a slow consumer.
+
+    :ivar resumed: the buffer drained since :meth:`took_output` last asked.
+    :ivar queued: the socket's send queue when it last asked (None: unknown).
     """
 
-    __slots__ = ("paused", "held", "limit", "_drained", "_clock", "_on_resume")
+    __slots__ = ("paused", "held", "limit", "_drained", "_clock", "resumed", "queued")
 
-    def __init__(self, limit: int, clock: Any, on_resume: Any = None) -> None:
+    def __init__(self, limit: int, clock: Any) -> None:
         self.paused = False
         self.held = 0
         self.limit = limit
         self._drained: list[Any] = []
         self._clock = clock
-        self._on_resume = on_resume
+        self.resumed = False
+        self.queued: int | None = None
 
     def wrote(self, size: int) -> bool:
         """Account ``size`` bytes written; True when the client fell too far behind."""
@@ -104,8 +107,7 @@ class OutputWatch:
     def resumeProducing(self) -> None:
         self.paused = False
         self.held = 0
-        if self._on_resume is not None:
-            self._on_resume()
+        self.resumed = True
         self._call_drained()
 
     def stopProducing(self) -> None:
@@ -156,8 +158,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         super().failHandshake(reason, code, responseHeaders)
 
     def onOpen(self) -> None:
-        self._output = OutputWatch(self.factory.max_send_buffer, self.factory.reactor,
-                                   self._drained)
+        self._output = OutputWatch(self.factory.max_send_buffer, self.factory.reactor)
         self.transport.registerProducer(self._output, True)
         hub = self.factory.hub
         self.session = hub.connect(self, self.peer_address)
@@ -193,10 +194,6 @@ class SignalingProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:
             self.factory.hub.disconnect(self.session)
-
-    def _drained(self) -> None:
-        if self.session is not None:
-            self.factory.hub.pong(self.session)
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
@@ -252,6 +249,20 @@ class SignalingProtocol(WebSocketServerProtocol):
             self.factory.reactor.callLater(0, callback)
         else:
             self._output.when_drained(callback)
+
+    def took_output(self) -> bool:
+        """
+        Whether the client took output since the last call: the server's
+        buffer drained, or the kernel's send queue went down (the kernel's
+        buffer grows to megabytes, so a whole backlog can wait there).
+        """
+        output = self._output
+        if output is None:
+            return False
+        queued = self.unacknowledged()
+        before, output.queued = output.queued, queued
+        resumed, output.resumed = output.resumed, False
+        return resumed or (before is not None and queued is not None and queued < before)
 
     def unacknowledged(self) -> int | None:
         """The socket's send queue (Linux ``SIOCOUTQ``): sent or held, not yet acknowledged."""

@@ -48,8 +48,8 @@ class Recorder:
     def resume_reading(self):
         pass
 
-    def unacknowledged(self):
-        return None
+    def took_output(self):
+        return False
 
 
 class RegistryTestCase(RedisTestCase):

@@ -58,8 +58,8 @@ class RecordingConnection:
     def writable(self):
         return self.room is None or self.room > 0
 
-    def unacknowledged(self):
-        return None
+    def took_output(self):
+        return False
 
     def when_drained(self, callback):
         if self.room is None:

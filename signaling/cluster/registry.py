@@ -42,7 +42,7 @@ from zope.interface import implementer
 from .. import messages as m
 from ..logs import log_event
 from ..messages import ProtocolError
-from ..registry import IRegistry, PeersPage, send_all
+from ..registry import IRegistry, PeersPage, may_bind, send_all
 from ..session import Session
 from .backend import NotHolder
 from .connection import BackendUnavailable
@@ -265,20 +265,8 @@ class ClusterRegistry:
     # -- identities -----------------------------------------------------------
 
     def bind(self, session: Session, identity: str) -> Any:
-        if not session.open:
+        if not may_bind(session, identity, self.identities.get(identity)):
             return None
-        if session.identity is not None:
-            if session.identity != identity:
-                raise ProtocolError(
-                    m.IDENTITY_MISMATCH,
-                    f"this connection is bound to '{session.identity}', not '{identity}'",
-                )
-            return None
-        holder = self.identities.get(identity)
-        if holder is not None and holder.grant is not None and session.grant is None:
-            raise ProtocolError(
-                m.FORBIDDEN, f"'{identity}' is held by an authenticated connection"
-            )
         self._require_ready()
         conn = self._conns[session]
         self._binding[conn] = identity
