@@ -27,6 +27,15 @@ def the_reactor():
     return reactor
 
 
+def command_calls(redis: Any) -> dict[str, int]:
+    """How many times ``redis`` (a test server) ran each command since its last RESETSTAT."""
+    stats = redis.command("INFO", "commandstats").decode()
+    return {
+        line.split(":")[0][len("cmdstat_"):]: int(line.split("calls=")[1].split(",")[0])
+        for line in stats.splitlines() if line.startswith("cmdstat_")
+    }
+
+
 @defer.inlineCallbacks
 def wait_until(condition: Callable[[], Any], timeout: float = 5.0, what: Any = "condition"):
     """

@@ -11,8 +11,8 @@ import time
 
 from twisted.internet import defer
 
-from cluster_helpers import TIMEOUT, Recorder, RedisTestCase, sleep, wait_until
-from signaling.cluster import BackendUnavailable, NotHolder, OfflineLimits
+from cluster_helpers import TIMEOUT, Recorder, RedisTestCase, command_calls, sleep, wait_until
+from signaling.cluster import BackendUnavailable, NotHolder, OfflineLimits, envelope
 from signaling.cluster.listener import INodeListener
 from signaling.messages import encode
 from signaling.store import QueueFull
@@ -285,11 +285,16 @@ class PresenceAndRoomTests(ClusterTestCase):
     @defer.inlineCallbacks
     def test_malformed_channel_messages_are_dropped(self):
         a = yield self.node(node_id="A")
-        for junk in (b"", b"Z", b"Dx:alice", b"D99:alice", b"P1:A", b"K"):
+        junks = (b"", b"Z", b"Dx:alice", b"D99:alice", b"D5:alice", b"D5:alice4:data3:bob",
+                 b"D5:alice4:data3:bob9:x", b"P1:A", b"K")
+        for junk in junks:
             self.redis.command("PUBLISH", "signaling:node:A", junk)
-        self.redis.command("PUBLISH", "signaling:node:A", b"D5:alicedata")
+        good = envelope.deliver((b"alice", b"data"), (b"bob", b""))
+        self.assertEqual(good, b"D5:alice4:data3:bob0:")
+        self.redis.command("PUBLISH", "signaling:node:A", good)
         yield wait_until(lambda: a.listener.of("deliver"), what="the good message")
-        self.assertEqual(a.listener.of("deliver"), [("alice", b"data")])
+        yield sleep(0.05)
+        self.assertEqual(a.listener.of("deliver"), [("alice", b"data"), ("bob", b"")])
         self.assertTrue(a.available)
 
 
@@ -413,14 +418,62 @@ class RouteTests(RedisTestCase):
         for n in range(50):
             yield a.route("bob", b"live", "m", 1.0, "alice")
             yield a.route("carol", b"stored", f"m{n}", 1.0, "alice")
-        stats = self.redis.command("INFO", "commandstats").decode()
-        calls = {
-            line.split(":")[0][len("cmdstat_"):]: int(line.split("calls=")[1].split(",")[0])
-            for line in stats.splitlines() if line.startswith("cmdstat_")
-        }
+        calls = command_calls(self.redis)
         # 100 messages, 100 EVALSHAs; the PUBLISH and RPUSH run inside them.
         self.assertIn(calls["evalsha"] - 100, (0, 1, 2))  # + at most a timer's heartbeat or reap
         self.assertEqual((calls["publish"], calls["rpush"]), (50, 50))
+
+    @defer.inlineCallbacks
+    def test_routes_of_one_turn_share_one_call(self):
+        a = yield self.node(node_id="A", limits=OfflineLimits(max_per_peer=2))
+        b = yield self.node(node_id="B")
+        c = yield self.node(node_id="C")
+        yield b.claim("bob", "2", False, 0)
+        yield c.claim("carol", "3", False, 0)
+        yield c.join("r", "carol", "3", 10)
+        self.redis.command("CONFIG", "RESETSTAT")
+        routes = [
+            a.route("bob", b"b1", "m1", 1.0, "alice"),
+            a.route("dave", b"d1", "m2", 1.0, "alice"),
+            a.route("carol", b"c1", "m3", 1.0, "alice", room="r"),
+            a.route("bob", b"b2", "m4", 1.0, "alice"),
+            a.route("bob", b"b3", "m5", 1.0, "alice", room="r"),
+            a.route("dave", b"d2", "m6", 1.0, "alice"),
+            a.route("dave", b"d3", "m7", 1.0, "alice"),
+            a.route("carol", b"c2", "m8", 1.0, "alice"),
+        ]
+        results = yield defer.DeferredList(routes, consumeErrors=True)
+        outcomes = [value if ok else value.trap(QueueFull) for ok, value in results]
+        self.assertEqual(
+            outcomes,
+            ["live", "stored", "live", "live", "absent", "stored", QueueFull, "live"],
+        )
+        calls = command_calls(self.redis)
+        # One script call; one publish per receiving node, each with its messages in order.
+        self.assertEqual((calls["evalsha"], calls["publish"]), (1, 2))
+        yield wait_until(lambda: len(b.listener.of("deliver")) == 2, what="bob's two")
+        yield wait_until(lambda: len(c.listener.of("deliver")) == 2, what="carol's two")
+        self.assertEqual(b.listener.of("deliver"), [("bob", b"b1"), ("bob", b"b2")])
+        self.assertEqual(c.listener.of("deliver"), [("carol", b"c1"), ("carol", b"c2")])
+        stored = yield a.store.pending("dave", 2.0)
+        self.assertEqual([(e.message_id, e.body) for e in stored], [("m2", b"d1"), ("m6", b"d2")])
+
+    @defer.inlineCallbacks
+    def test_routes_of_one_turn_to_a_node_that_stopped_listening_are_stored(self):
+        a = yield self.node(node_id="A")
+        b = yield self.node(node_id="B")
+        yield b.claim("bob", "2", False, 0)
+        yield b.subscriptions.stop()
+        yield wait_until(
+            lambda: self.redis.command("PUBSUB", "NUMSUB", "signaling:node:B")[1] == 0,
+            what="B's subscriber to be gone",
+        )
+        results = yield defer.gatherResults(
+            [a.route("bob", b"%d" % n, f"m{n}", 1.0, "alice") for n in range(3)]
+        )
+        self.assertEqual(results, ["stored"] * 3)
+        stored = yield a.store.pending("bob", 2.0)
+        self.assertEqual([e.body for e in stored], [b"0", b"1", b"2"])
 
     @defer.inlineCallbacks
     def test_many_routes_arrive_in_order(self):

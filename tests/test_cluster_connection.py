@@ -13,9 +13,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 import redis_server
-from cluster_helpers import TIMEOUT, RedisTestCase, wait_until
+from cluster_helpers import TIMEOUT, RedisTestCase, command_calls, wait_until
 from signaling.cluster import BackendError, BackendUnavailable, parse_redis_url
-from signaling.cluster.connection import CommandConnection, Script
+from signaling.cluster.connection import MAX_BATCH_ITEMS, CommandConnection, Script
 from signaling.cluster.scripts import load_scripts
 
 
@@ -79,6 +79,104 @@ class CommandTests(RedisTestCase):
         self.assertEqual(self.redis.command("SELECT", "3"), b"OK")
         other = yield self.commands()
         self.assertIsNone((yield other.execute(b"GET", b"where")))
+
+
+#: A batched script: after a tag (the head), items of (channel, payload);
+#: publishes each payload and replies "<tag>:<payload>" for each item.
+PUBLISH_EACH = Script("publish-each", """
+local replies = {}
+for i = 2, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+  replies[#replies + 1] = ARGV[1] .. ':' .. ARGV[i + 1]
+end
+return replies
+""")
+
+
+class BatchTests(RedisTestCase):
+    """run_batched: one script call per turn of the reactor, in order with every other command."""
+
+    HEAD = (b"h",)
+
+    def batched(self, connection, payload, head=HEAD):
+        return connection.run_batched(PUBLISH_EACH, head, (b"chan", payload))
+
+    @defer.inlineCallbacks
+    def test_items_of_one_turn_share_one_call(self):
+        connection = yield self.commands(scripts=[PUBLISH_EACH])
+        self.redis.command("CONFIG", "RESETSTAT")
+        replies = yield defer.gatherResults(
+            [self.batched(connection, b"%d" % n) for n in range(100)]
+        )
+        self.assertEqual(replies, [b"h:%d" % n for n in range(100)])
+        self.assertEqual(command_calls(self.redis)["evalsha"], 1)
+
+    @defer.inlineCallbacks
+    def test_other_commands_keep_their_place(self):
+        received = []
+        subscriber = yield self.subscriber(lambda channel, payload: received.append(payload))
+        yield subscriber.subscribe(b"chan")
+        connection = yield self.commands(scripts=[PUBLISH_EACH])
+        self.redis.command("CONFIG", "RESETSTAT")
+        sends = [
+            self.batched(connection, b"1"),
+            self.batched(connection, b"2"),
+            connection.execute(b"PUBLISH", b"chan", b"3"),
+            self.batched(connection, b"4"),
+            self.batched(connection, b"5", head=(b"other",)),  # another head: another call
+            self.batched(connection, b"6"),
+        ]
+        replies = yield defer.gatherResults(sends)
+        self.assertEqual(replies, [b"h:1", b"h:2", 1, b"h:4", b"other:5", b"h:6"])
+        yield wait_until(lambda: len(received) == 6, what=lambda: f"six messages, got {received}")
+        self.assertEqual(received, [b"1", b"2", b"3", b"4", b"5", b"6"])
+        self.assertEqual(command_calls(self.redis)["evalsha"], 4)
+
+    @defer.inlineCallbacks
+    def test_a_full_batch_is_sent_at_once(self):
+        connection = yield self.commands(scripts=[PUBLISH_EACH])
+        self.redis.command("CONFIG", "RESETSTAT")
+        count = MAX_BATCH_ITEMS + 10
+        replies = yield defer.gatherResults(
+            [self.batched(connection, b"%d" % n) for n in range(count)]
+        )
+        self.assertEqual(replies, [b"h:%d" % n for n in range(count)])
+        self.assertEqual(command_calls(self.redis)["evalsha"], 2)
+
+    @defer.inlineCallbacks
+    def test_a_lost_script_is_sent_again(self):
+        connection = yield self.commands(scripts=[PUBLISH_EACH])
+        self.redis.command("SCRIPT", "FLUSH")
+        replies = yield defer.gatherResults([self.batched(connection, b"%d" % n) for n in range(3)])
+        self.assertEqual(replies, [b"h:0", b"h:1", b"h:2"])
+
+    @defer.inlineCallbacks
+    def test_an_error_fails_every_item(self):
+        failing = Script("failing", "return redis.error_reply('no way')")
+        connection = yield self.commands(scripts=[failing])
+        items = [connection.run_batched(failing, (), (b"%d" % n,)) for n in range(3)]
+        for item in items:
+            with self.assertRaises(BackendError) as e:
+                yield item
+            self.assertIn("no way", str(e.exception))
+        self.assertEqual((yield connection.execute(b"PING")), b"PONG")
+
+    @defer.inlineCallbacks
+    def test_items_fail_when_the_connection_stops_first(self):
+        connection = yield self.commands(scripts=[PUBLISH_EACH])
+        item = self.batched(connection, b"1")
+        yield connection.stop()
+        with self.assertRaises(BackendUnavailable):
+            yield item
+
+    @defer.inlineCallbacks
+    def test_items_fail_at_once_while_down(self):
+        connection = yield self.commands(scripts=[PUBLISH_EACH])
+        self.redis.stop()
+        yield wait_until(lambda: not connection.up, what="the connection to notice")
+        with self.assertRaises(BackendUnavailable):
+            yield self.batched(connection, b"1")
+        self.redis.start()
 
 
 class PureParserTests(CommandTests):

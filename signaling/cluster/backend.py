@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -196,6 +196,7 @@ class RedisBackend:
         self.store = RedisOfflineStore(self.commands, reactor, limits, prefix)
         self._p = raw(prefix)
         self._node = raw(self.node_id)
+        self._route_head = (self._p, self._node, *self.store.limit_args)
         self._flags = (b"1" if presence else b"0", b"1" if device_type else b"0")
         self._commands_ready = False
         self._stopped = False
@@ -577,7 +578,9 @@ class RedisBackend:
     ) -> defer.Deferred:
         """
         Deliver ``data`` (the exact bytes ``to`` must receive) to ``to`` on
-        whichever node holds it: one script, one round trip. Fires with
+        whichever node holds it. The messages routed in one turn of the
+        reactor share one script call (one round trip) and one publish per
+        receiving node, and keep their order. Fires with
         ``"live"`` (published to its node), ``"stored"`` (kept offline as
         message ``message_id`` from ``sender`` at ``now``, acknowledged by
         Redis) or, with a ``room``, ``"absent"`` (``to`` is not a member of
@@ -585,27 +588,27 @@ class RedisBackend:
         :class:`~signaling.store.QueueFull` when storing would pass a limit
         (nothing stored).
         """
-        d = self.commands.run(
+        to_bytes = raw(to)
+        return self.commands.run_batched(
             self._scripts["route"],
-            self._p,
-            raw(to),
-            self._node,
-            data,
-            raw(message_id),
-            repr(float(now)).encode("ascii"),
-            b"" if sender is None else raw(sender),
-            b"" if room is None else raw(room),
-            *self.store.limit_args,
+            self._route_head,
+            (
+                to_bytes,
+                b"%d:%s%d:%s" % (len(to_bytes), to_bytes, len(data), data),
+                raw(message_id),
+                repr(float(now)).encode("ascii"),
+                b"" if sender is None else raw(sender),
+                b"" if room is None else raw(room),
+            ),
+            self._routed,
         )
-        return d.addCallback(self._routed, to)
 
-    def _routed(self, reply: list, to: str) -> str:
-        kind = reply[0]
-        if kind == b"live":
+    def _routed(self, reply: Any, item: Sequence[bytes]) -> str:
+        if reply == 1:
             return "live"
-        if kind == b"absent":
+        if reply == 0:
             return "absent"
-        return self.store.stored_reply(reply, to, "stored")
+        return self.store.stored_reply(reply, text(item[0]), "stored")
 
     # -- cluster ------------------------------------------------------------
 

@@ -55,6 +55,11 @@ DEFAULT_PROTOCOL = None
 #: Channels per SUBSCRIBE command when resubscribing after a reconnect.
 SUBSCRIBE_BATCH = 512
 
+#: The most items, and about the most bytes, one batched script call carries
+#: (:meth:`CommandConnection.run_batched`); a fuller batch is sent at once.
+MAX_BATCH_ITEMS = 256
+MAX_BATCH_BYTES = 256 * 1024
+
 
 class BackendUnavailable(Exception):
     """
@@ -387,6 +392,42 @@ class _Link:
         return False
 
 
+class _Batch:
+    """Calls of one script waiting to be sent as one (:meth:`CommandConnection.run_batched`)."""
+
+    __slots__ = ("script", "head", "convert", "args", "items", "waiting", "size")
+
+    def __init__(self, script: Script, head: tuple, convert: Callable[[Any, Any], Any] | None) -> None:
+        self.script = script
+        self.head = head
+        self.convert = convert
+        self.args: list[bytes] = []
+        self.items: list[Sequence[bytes]] = []
+        self.waiting: list[defer.Deferred] = []
+        self.size = 0
+
+    def replied(self, replies: Any) -> None:
+        """Fire each item's Deferred with its reply, converted."""
+        if type(replies) is not list or len(replies) != len(self.waiting):
+            self.failed(Failure(BackendError(
+                f"script {self.script.name} answered {len(self.waiting)} items with {replies!r:.100}"
+            )))
+            return
+        convert = self.convert
+        for d, item, reply in zip(self.waiting, self.items, replies):
+            if convert is not None:
+                try:
+                    reply = convert(reply, item)
+                except Exception:
+                    d.errback()
+                    continue
+            d.callback(reply)
+
+    def failed(self, failure: Failure) -> None:
+        for d in self.waiting:
+            d.errback(failure.value)
+
+
 class CommandConnection(_Connection):
     """
     The one connection that carries every command, script and publish.
@@ -413,6 +454,8 @@ class CommandConnection(_Connection):
         self.scripts = list(scripts)
         self._link: _Link | None = None
         self._loading: _Link | None = None
+        self._batch: _Batch | None = None
+        self._batch_call: Any = None
         self._watchdog = task.LoopingCall(self._check_stalled)
         self._watchdog.clock = reactor
         self._seconds = reactor.seconds
@@ -437,6 +480,59 @@ class CommandConnection(_Connection):
         d.addErrback(self._noscript, script, args)
         return d
 
+    def run_batched(
+        self,
+        script: Script,
+        head: tuple,
+        item: Sequence[bytes],
+        convert: Callable[[Any, Any], Any] | None = None,
+    ) -> defer.Deferred:
+        """
+        Run ``script`` for ``item`` together with the other items given for
+        it in the same turn of the reactor: one EVALSHA whose ARGV is
+        ``head`` (the same tuple object for every item) followed by every
+        item's arguments, in the order given. The script replies with a list
+        of one reply per item; the returned Deferred fires with this item's
+        reply, or ``convert(reply, item)`` (items with another ``convert``
+        go in another call), or fails as :meth:`run` fails, with every item
+        of the call.
+
+        The batch is sent at the end of the reactor's turn, when it is full
+        (:data:`MAX_BATCH_ITEMS`, :data:`MAX_BATCH_BYTES`), or before any
+        other command, so that commands reach Redis in the order they were
+        issued.
+        """
+        batch = self._batch
+        if batch is not None and (
+            batch.script is not script or batch.head is not head or batch.convert != convert
+        ):
+            self._send_batch()
+            batch = None
+        if batch is None:
+            if self._link is None:
+                return defer.fail(BackendUnavailable(self._down_reason()))
+            batch = self._batch = _Batch(script, head, convert)
+            self._batch_call = self.reactor.callLater(0, self._send_batch)
+        d: defer.Deferred = defer.Deferred()
+        batch.waiting.append(d)
+        batch.items.append(item)
+        batch.args.extend(item)
+        batch.size += sum(map(len, item))
+        if len(batch.waiting) >= MAX_BATCH_ITEMS or batch.size >= MAX_BATCH_BYTES:
+            self._send_batch()
+        return d
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if self._batch_call is not None:
+            if self._batch_call.active():
+                self._batch_call.cancel()
+            self._batch_call = None
+        if batch is None:
+            return
+        d = self.run(batch.script, *batch.head, *batch.args)
+        d.addCallbacks(batch.replied, batch.failed)
+
     def _noscript(self, failure: Failure, script: Script, args: tuple) -> Any:
         if failure.check(BackendError) and str(failure.value).startswith("NOSCRIPT"):
             _log.warn("Redis lost script {script}; sending it again", script=script.name)
@@ -444,6 +540,8 @@ class CommandConnection(_Connection):
         return failure
 
     def _send(self, link: _Link, args: Sequence[Any]) -> defer.Deferred:
+        if self._batch is not None:
+            self._send_batch()
         try:
             d = link.proto.execute_command(*args)
         except _txredisapi().ConnectionError:
@@ -516,6 +614,7 @@ class CommandConnection(_Connection):
         if self._watchdog.running:
             self._watchdog.stop()
         self._link = self._loading = None
+        self._send_batch()
         return super().stop()
 
 

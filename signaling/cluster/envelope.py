@@ -1,15 +1,16 @@
 """
 The binary envelopes of the Redis channels.
 
-A header of length-prefixed fields (``<byte length>:<bytes>``) after a kind
-byte, then the payload as the rest of the message: the payload is the exact
+Length-prefixed fields (``<byte length>:<bytes>``) after a kind byte; the
+payload (the rest of the message, or a field of a delivery) is the exact
 bytes a client receives, never decoded or encoded again on the receiving
 node. The Lua scripts build the same envelopes (``field`` in ``lib.lua``).
 
 ==========  ============================  =====================================
 channel     envelope                      meaning
 ==========  ============================  =====================================
-node:{N}    ``D`` to data                 deliver data to the local holder of to
+node:{N}    ``D`` (to data)...            deliver each data to the local holder
+                                          of its to, in order
 node:{N}    ``K`` id conn (rest)          close id's connection conn (takeover)
 presence    ``P`` origin exclude data     peer-status for local registered peers
 room:{R}    ``R`` origin exclude data     event or relay for local members of R
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "DELIVER", "KICK", "PRESENCE", "ROOM", "EnvelopeError",
-    "deliver", "kick", "event", "split_fields",
+    "deliver", "deliveries", "kick", "event", "split_fields",
 ]
 
 DELIVER = ord("D")
@@ -41,9 +42,41 @@ def _field(value: bytes) -> bytes:
     return b"%d:%s" % (len(value), value)
 
 
-def deliver(to: bytes, data: bytes) -> bytes:
-    """A delivery of ``data`` to ``to`` (published by the ROUTE script)."""
-    return b"D%d:%s%s" % (len(to), to, data)
+def deliver(*pairs: tuple[bytes, bytes]) -> bytes:
+    """The deliveries of each ``(to, data)`` of ``pairs`` (as the ROUTE script publishes them)."""
+    return b"D" + b"".join(_field(to) + _field(data) for to, data in pairs)
+
+
+def deliveries(message: bytes) -> list[tuple[bytes, bytes]]:
+    """
+    The ``(to, data)`` pairs of a ``D`` envelope, in order.
+
+    :raises EnvelopeError: a field is malformed or a pair incomplete.
+    """
+    pairs = []
+    at = 1
+    end = len(message)
+    while at < end:
+        to, at = _take(message, at)
+        if at >= end:
+            raise EnvelopeError("delivery without data")
+        data, at = _take(message, at)
+        pairs.append((to, data))
+    return pairs
+
+
+def _take(message: bytes, at: int) -> tuple[bytes, int]:
+    """The length-prefixed field at ``at`` and the offset after it."""
+    colon = message.find(b":", at, at + 12)
+    if colon < 0:
+        raise EnvelopeError("envelope field without a length")
+    length = message[at:colon]
+    if not length.isdigit():
+        raise EnvelopeError("envelope field length is not a number")
+    end = colon + 1 + int(length)
+    if end > len(message):
+        raise EnvelopeError("envelope field is longer than the message")
+    return message[colon + 1:end], end
 
 
 def kick(identity: bytes, conn: bytes) -> bytes:
@@ -65,16 +98,7 @@ def split_fields(message: bytes, count: int) -> list[bytes]:
     parts = []
     at = 1
     for _ in range(count):
-        colon = message.find(b":", at, at + 12)
-        if colon < 0:
-            raise EnvelopeError("envelope field without a length")
-        length = message[at:colon]
-        if not length.isdigit():
-            raise EnvelopeError("envelope field length is not a number")
-        end = colon + 1 + int(length)
-        if end > len(message):
-            raise EnvelopeError("envelope field is longer than the message")
-        parts.append(message[colon + 1:end])
-        at = end
+        part, at = _take(message, at)
+        parts.append(part)
     parts.append(message[at:])
     return parts

@@ -111,8 +111,9 @@ class NodeSubscriber:
     def _dispatch(self, channel: bytes, payload: bytes) -> None:
         kind = payload[0] if payload else None
         if kind == envelope.DELIVER:
-            to, data = envelope.split_fields(payload, 1)
-            self.listener.deliver(text(to), data)
+            deliver = self.listener.deliver
+            for to, data in envelope.deliveries(payload):
+                deliver(text(to), data)
         elif kind == envelope.PRESENCE:
             origin, exclude, data = envelope.split_fields(payload, 2)
             if origin != self._node:

@@ -31,7 +31,6 @@ on this node (the node id makes it unique in the cluster).
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 from twisted.internet import defer
@@ -41,6 +40,7 @@ from zope.interface import implementer
 
 from .. import messages as m
 from ..logs import log_event
+from ..message_ids import new_message_id
 from ..messages import ProtocolError
 from ..registry import IRegistry, PeersPage, may_bind, send_all
 from ..session import Session
@@ -558,7 +558,7 @@ class ClusterRegistry:
             return
         if not isinstance(message, dict) or "roomId" in message:
             return
-        message_id = m.client_message_id(message) or secrets.token_hex(12)
+        message_id = m.client_message_id(message) or new_message_id()
         sender = message.get("from")
         d = self.backend.route(
             to, data, message_id, self._clock.seconds(), sender if isinstance(sender, str) else None

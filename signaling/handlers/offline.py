@@ -7,7 +7,6 @@ recipient reads them (:class:`Backlog`); ``ack`` removes them in ack mode.
 
 from __future__ import annotations
 
-import secrets
 from collections import deque
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ from twisted.python.failure import Failure
 from .. import messages as m
 from ..config import MAX_MESSAGE_ID_LENGTH
 from ..maybe import then
+from ..message_ids import new_message_id
 from ..messages import ProtocolError
 from ..session import Session
 from ..store import QueueFull
@@ -48,7 +48,7 @@ class OfflineHandlers:
         ctx = self._ctx
         message_id = m.client_message_id(request)
         if message_id is None:
-            message_id = secrets.token_hex(12)
+            message_id = new_message_id()
         elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
             raise ProtocolError(
                 m.INVALID_FIELD,

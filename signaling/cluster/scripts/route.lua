@@ -1,23 +1,67 @@
--- ROUTE(P, to, origin, data, message_id, now, sender, room,
---       max_per_peer, max_bytes, max_peers, max_bytes_per_sender):
--- the hot path of a directed message. When `to` is bound on a live node
--- whose subscriber is listening, publish a delivery envelope ('D' to data)
--- on that node's channel: reply {'live'}. With a room, `to` must be a
--- member of it, and nothing is stored: otherwise reply {'absent'}. Without
--- a room, a recipient that cannot be reached gets `data` stored offline
--- under the same limits as ENQUEUE: {'stored', count, bytes} or
--- {'full', reason}.
-local to, data, room = ARGV[2], ARGV[4], ARGV[8]
-if room ~= '' and not redis.call('ZSCORE', P .. 'room:' .. room, to) then
-  return {'absent'}
+-- ROUTE(P, origin, max_per_peer, max_bytes, max_peers, max_bytes_per_sender,
+--       then for each message: to, delivery, message_id, now, sender, room):
+-- the hot path of directed messages, for every message given, in order.
+-- `delivery` is field(to) .. field(data), data being the exact bytes `to`
+-- receives. When `to` is bound on a live node, the delivery goes to that
+-- node's channel: one envelope per node, 'D' followed by the deliveries of
+-- its messages in order. A message published to a node whose subscriber is
+-- listening is 1 (live). With a room, `to` must be a member of it, and
+-- nothing is stored: otherwise 0 (absent). Without a room, a message that
+-- cannot be delivered has its data stored offline under the same limits as
+-- ENQUEUE: {'stored', count, bytes} or {'full', reason}.
+-- Reply: one of those per message, in the order given.
+local replies = {}
+local alive = {}
+local batches = {}
+local holders = {}
+
+-- The reply for the message at ARGV[i] when it cannot be delivered.
+local function undelivered(i)
+  if ARGV[i + 5] ~= '' then
+    return 0
+  end
+  local delivery = ARGV[i + 1]
+  local data = string.sub(delivery, string.find(delivery, ':', #field(ARGV[i]) + 1, true) + 1)
+  return offline_push(ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], data,
+                      ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 end
-local holder = redis.call('HGET', P .. 'id:' .. to, 'node')
-if holder and node_alive(holder) then
-  if redis.call('PUBLISH', P .. 'node:' .. holder, 'D' .. field(to) .. data) > 0 then
-    return {'live'}
+
+local n = 0
+for i = 7, #ARGV, 6 do
+  n = n + 1
+  local to, room = ARGV[i], ARGV[i + 5]
+  local holder = false
+  if room == '' or redis.call('ZSCORE', P .. 'room:' .. room, to) then
+    holder = redis.call('HGET', P .. 'id:' .. to, 'node')
+  end
+  if holder then
+    if alive[holder] == nil then
+      alive[holder] = node_alive(holder)
+    end
+    if not alive[holder] then
+      holder = false
+    end
+  end
+  if holder then
+    local batch = batches[holder]
+    if not batch then
+      batch = {parts = {'D'}, items = {}}
+      batches[holder] = batch
+      holders[#holders + 1] = holder
+    end
+    batch.parts[#batch.parts + 1] = ARGV[i + 1]
+    batch.items[#batch.items + 1] = {n, i}
+    replies[n] = false
+  else
+    replies[n] = undelivered(i)
   end
 end
-if room ~= '' then
-  return {'absent'}
+
+for _, holder in ipairs(holders) do
+  local batch = batches[holder]
+  local listening = redis.call('PUBLISH', P .. 'node:' .. holder, table.concat(batch.parts)) > 0
+  for _, item in ipairs(batch.items) do
+    replies[item[1]] = listening and 1 or undelivered(item[2])
+  end
 end
-return offline_push(to, ARGV[5], ARGV[6], ARGV[7], data, ARGV[9], ARGV[10], ARGV[11], ARGV[12])
+return replies
