@@ -225,10 +225,10 @@ class Hub:
             self._ctx.refuse(session, e, message)
             return
         except Exception:
-            self._failed(Failure(), session, message)
+            self._ctx.failed(Failure(), session, message)
             return
         if is_deferred(result):
-            result.addErrback(self._failed, session, message)
+            result.addErrback(self._ctx.failed, session, message)
             if handler is not None:
                 # Later requests of this session wait until this one is answered.
                 session.busy = True
@@ -247,19 +247,6 @@ class Hub:
             m.UNKNOWN_MESSAGE_TYPE,
             f"unknown message type {message['type']!r} (relayed messages need 'to' or 'roomId')",
         )
-
-    def _failed(self, failure: Failure, session: Session, message: dict[str, Any]) -> None:
-        """Answer a request that failed: its error, or ``INTERNAL_ERROR`` for a bug."""
-        error = failure.value
-        if not isinstance(error, ProtocolError):
-            # A bug costs one request, never the connection or the server.
-            self._ctx.log.failure(
-                "unhandled error for message type {type!r}", failure, type=message.get("type")
-            )
-            error = ProtocolError(m.INTERNAL_ERROR, "the server could not handle this message")
-        elif not session.open:
-            return  # refused after the client left (a clustered registry): nobody to tell
-        self._ctx.refuse(session, error, message)
 
     def _resume(self, _: Any, session: Session) -> None:
         session.busy = False

@@ -580,11 +580,11 @@ class RedisBackend:
         Deliver ``data`` (the exact bytes ``to`` must receive) to ``to`` on
         whichever node holds it. The messages routed in one turn of the
         reactor share one script call (one round trip) and one publish per
-        receiving node, and keep their order. Fires with
-        ``"live"`` (published to its node), ``"stored"`` (kept offline as
-        message ``message_id`` from ``sender`` at ``now``, acknowledged by
-        Redis) or, with a ``room``, ``"absent"`` (``to`` is not a member of
-        it, or not reachable: nothing stored). Fails with
+        receiving node, and keep their order. Fires with True when it was
+        published to that node, else False: without a ``room``, it was then
+        stored offline as message ``message_id`` from ``sender`` at ``now``
+        (acknowledged by Redis); with a ``room``, ``to`` is not a member of
+        it or cannot be reached, and nothing was stored. Fails with
         :class:`~signaling.store.QueueFull` when storing would pass a limit
         (nothing stored).
         """
@@ -603,12 +603,12 @@ class RedisBackend:
             self._routed,
         )
 
-    def _routed(self, reply: Any, item: Sequence[bytes]) -> str:
+    def _routed(self, reply: Any, item: Sequence[bytes]) -> bool:
         if reply == 1:
-            return "live"
+            return True
         if reply == 0:
-            return "absent"
-        return self.store.stored_reply(reply, text(item[0]), "stored")
+            return False
+        return self.store.stored_reply(reply, text(item[0]), False)
 
     # -- cluster ------------------------------------------------------------
 

@@ -512,11 +512,11 @@ class ClusterRegistry:
     def route(self, identity: str, message_id: str, data: bytes,
               sender: str | None, now: float) -> Any:
         d = self.backend.route(identity, data, message_id, now, sender)
-        return d.addCallbacks(_is_live, refuse_unavailable)
+        return d.addErrback(refuse_unavailable)
 
     def send_member(self, room_id: str, identity: str, data: bytes) -> Any:
         d = self.backend.route(identity, data, "", 0.0, None, room=room_id)
-        return d.addCallbacks(_is_live, refuse_unavailable)
+        return d.addErrback(refuse_unavailable)
 
     def peers_page(self, exclude: Session | None, after: int, limit: int | None) -> Any:
         exclude_id = None if exclude is None else exclude.identity
@@ -672,10 +672,6 @@ class ClusterRegistry:
                 self.on_restored(session, sorted(session.rooms))
             finally:
                 self._fanout = _EVERYWHERE
-
-
-def _is_live(result: str) -> bool:
-    return result == "live"
 
 
 def _page(page: Any) -> PeersPage:

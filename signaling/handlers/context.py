@@ -1,7 +1,7 @@
 """
 What every handler family shares: the settings, the clock, the registry, the
 offline store, the token rules, the events sink, and the one way to answer a
-client (:meth:`Context.reply`, :meth:`Context.refuse`).
+client (:meth:`Context.reply`, :meth:`Context.refuse`, :meth:`Context.failed`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .. import messages as m
 from ..auth import Authorizer
@@ -93,6 +94,23 @@ class Context:
         session.send(
             encode(error_message(error.code, error.text, self.now_ms(), request, **error.extra))
         )
+
+    def failed(self, failure: Failure, session: Session, request: dict[str, Any]) -> None:
+        """
+        Answer ``request`` of ``session``, which failed: with its error, or
+        with ``INTERNAL_ERROR`` for a bug (logged); nothing when it was
+        refused after the client left.
+        """
+        error = failure.value
+        if not isinstance(error, ProtocolError):
+            # A bug costs one request, never the connection or the server.
+            self.log.failure(
+                "unhandled error for message type {type!r}", failure, type=request.get("type")
+            )
+            error = ProtocolError(m.INTERNAL_ERROR, "the server could not handle this message")
+        elif not session.open:
+            return
+        self.refuse(session, error, request)
 
     def _may_log_error(self, session: Session) -> bool:
         """

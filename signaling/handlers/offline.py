@@ -38,12 +38,14 @@ class OfflineHandlers:
         """The control types this family answers."""
         return {"ack": self.ack}
 
-    def route(self, session: Session, to: str, data: bytes, request: dict[str, Any]) -> Any:
+    def route(self, session: Session, to: str, data: bytes, request: dict[str, Any]) -> None:
         """
         Deliver ``data`` (the message as ``to`` receives it) to ``to``, which
         has no session on this server: where it is held, or into the offline
         store (``peer-offline`` to the sender once it is durable,
-        ``QUEUE_FULL`` when a limit refuses it).
+        ``QUEUE_FULL`` when a limit refuses it). The outcome is answered
+        here, when the registry has it: nothing is returned to wait on
+        (one callback per message, the fewest a cross-node message can cost).
         """
         ctx = self._ctx
         message_id = m.client_message_id(request)
@@ -57,10 +59,10 @@ class OfflineHandlers:
         # Stored messages are delivered inside an envelope: it must fit too.
         ctx.relayed_bytes(data, _DELIVERY_ENVELOPE + 4 * len(message_id))
         result = ctx.registry.route(to, message_id, data, session.identity, ctx.clock.seconds())
-        return result.addCallbacks(
+        result.addCallbacks(
             self._routed, self._refused,
             callbackArgs=(session, to, request["type"], message_id),
-            errbackArgs=(to,),
+            errbackArgs=(session, to, request),
         )
 
     def _routed(self, delivered: bool, session: Session, to: str, type_: str,
@@ -75,15 +77,17 @@ class OfflineHandlers:
             session, {"type": "peer-offline", "peerId": to, "messageId": message_id, "queued": True}
         )
 
-    def _refused(self, failure: Failure, to: str) -> Any:
-        if failure.check(ProtocolError):
-            return failure  # e.g. UNAVAILABLE from a clustered registry
+    def _refused(self, failure: Failure, session: Session, to: str,
+                 request: dict[str, Any]) -> None:
+        # A ProtocolError (UNAVAILABLE from a clustered registry) is answered as it is.
         if failure.check(QueueFull):
-            raise ProtocolError(m.QUEUE_FULL, str(failure.value), peerId=to)
-        if failure.check(ProtocolError):
-            failure.raiseException()
-        self._ctx.log.failure("offline store failed", failure)
-        raise ProtocolError(m.INTERNAL_ERROR, "the message could not be stored", peerId=to)
+            failure = Failure(ProtocolError(m.QUEUE_FULL, str(failure.value), peerId=to))
+        elif not failure.check(ProtocolError):
+            self._ctx.log.failure("offline store failed", failure)
+            failure = Failure(ProtocolError(
+                m.INTERNAL_ERROR, "the message could not be stored", peerId=to
+            ))
+        self._ctx.failed(failure, session, request)
 
     def deliver(self, session: Session) -> Any:
         """

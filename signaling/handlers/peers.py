@@ -201,7 +201,8 @@ class PeerHandlers:
             target.send(ctx.relayed_bytes(data))
             ctx.relayed(message["type"], 1)
             return None
-        return self._offline.route(session, to, data, message)
+        self._offline.route(session, to, data, message)
+        return None
 
 
 def take_over(ctx: Context, session: Session, replaced: Session | None) -> Any:
