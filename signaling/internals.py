@@ -46,6 +46,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .direct_write import direct_transport, write_now
 from .websocket import STATE_OPEN, SignalingFactory, SignalingProtocol, hand_over
 
 __all__ = [
@@ -283,9 +284,8 @@ class FastSignalingProtocol(SignalingProtocol):
     _fast_limit = 0
     #: Largest outgoing payload written directly.
     _send_limit = 0
-    #: The plain TCP transport and its socket, for sending at once.
+    #: The plain TCP transport, for sending at once (:mod:`signaling.direct_write`).
     _tcp: Any = None
-    _socket: Any = None
     _sniffing = True
     _head = b""
     #: Frames waiting for the end of the current batch (:class:`_SendBatch`).
@@ -304,11 +304,7 @@ class FastSignalingProtocol(SignalingProtocol):
         self._fast_limit = _fast_limit(self)
         if self._fast_limit:
             self._send_limit = self.maxMessagePayloadSize or 0xFFFFFFFF
-            transport = self.transport
-            if (isinstance(transport, tcp.Connection) and not transport.TLS
-                    and hasattr(transport, "_tempDataLen")):
-                self._tcp = transport
-                self._socket = transport.getHandle()
+            self._tcp = direct_transport(self.transport)
         super().onOpen()
         # A dict never shrinks by deleting keys: rebuild it at its new size.
         self.__dict__ = dict(self.__dict__)
@@ -491,19 +487,10 @@ class FastSignalingProtocol(SignalingProtocol):
         super().sendData(data, sync, chopsize)
 
     def _write(self, frame: bytes) -> None:
-        connection = self._tcp
-        if (connection is not None and not connection._tempDataLen
-                and connection.offset == len(connection.dataBuffer)
-                and not connection.disconnecting):
-            # Nothing waits in Twisted's buffer: send now, buffer the rest.
-            try:
-                sent = self._socket.send(frame)
-            except OSError:  # full, or broken: Twisted's write path finds out
-                sent = 0
-            if sent == len(frame):
-                return
-            frame = frame[sent:]
-        self.transport.write(frame)
+        if self._tcp is not None:
+            write_now(self._tcp, frame)
+        else:
+            self.transport.write(frame)
 
 
 def _fast_limit(protocol: FastSignalingProtocol) -> int:

@@ -35,6 +35,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..direct_write import direct_transport, write_now
 from .address import RedisAddress
 
 __all__ = [
@@ -133,10 +134,11 @@ class _FastCommands:
     command bytes are built in one pass (txredisapi converts every argument
     twice and extends a buffer four times per argument: that was the
     largest single cost of a relayed message, ROUTE having a dozen
-    arguments); each command waits for its reply on one Deferred in a plain
-    FIFO (txredisapi chains three per command through a queue); replies are
-    not walked for conversions, since this project reads raw bytes
-    (``charset=None``, no number conversion). Every command of the
+    arguments) and written at once when the socket takes it
+    (:mod:`signaling.direct_write`); each command waits for its reply on
+    one Deferred in a plain FIFO (txredisapi chains three per command
+    through a queue); replies are not walked for conversions, since this
+    project reads raw bytes (``charset=None``, no number conversion). Every command of the
     connection goes this way, txredisapi's own AUTH and SELECT included, so
     replies and Deferreds pair up in order.
     """
@@ -156,7 +158,12 @@ class _FastCommands:
     def execute_command(self, *args: Any, **kwargs: Any) -> defer.Deferred:
         if not self.connected:  # type: ignore[attr-defined]
             raise _txredisapi().ConnectionError("Not connected")
-        self.transport.write(self._build_command(*args))  # type: ignore[attr-defined]
+        command = self._build_command(*args)
+        direct = direct_transport(self.transport)  # type: ignore[attr-defined]
+        if direct is not None:
+            write_now(direct, command)
+        else:
+            self.transport.write(command)  # type: ignore[attr-defined]
         d: defer.Deferred = defer.Deferred()
         self._replies.append(d)
         return d

@@ -45,7 +45,7 @@ class OfflineHandlers:
         store (``peer-offline`` to the sender once it is durable,
         ``QUEUE_FULL`` when a limit refuses it). The outcome is answered
         here, when the registry has it: nothing is returned to wait on
-        (one callback per message, the fewest a cross-node message can cost).
+        (a cross-node message then costs few callbacks).
         """
         ctx = self._ctx
         message_id = m.client_message_id(request)
