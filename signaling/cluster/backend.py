@@ -589,15 +589,16 @@ class RedisBackend:
         (nothing stored).
         """
         to_bytes = raw(to)
+        id_bytes = raw(message_id)
+        sender_bytes = b"" if sender is None else raw(sender)
         return self.commands.run_batched(
             self._scripts["route"],
             self._route_head,
             (
                 to_bytes,
                 b"%d:%s%d:%s" % (len(to_bytes), to_bytes, len(data), data),
-                raw(message_id),
-                repr(float(now)).encode("ascii"),
-                b"" if sender is None else raw(sender),
+                b"%d:%s%d:%s%r:" % (len(id_bytes), id_bytes, len(sender_bytes), sender_bytes,
+                                    float(now)),
                 b"" if room is None else raw(room),
             ),
             self._routed,

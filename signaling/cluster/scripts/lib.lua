@@ -105,9 +105,10 @@ local function offline_requeue(rcpt)
   end
 end
 
--- Append one entry for `rcpt` unless a limit would be passed.
+-- Append one entry for `rcpt` unless a limit would be passed: `head` is the
+-- entry without its body (field(mid) .. field(sender) .. now .. ':').
 -- Returns {'stored', count, bytes} or {'full', reason}.
-local function offline_push(rcpt, mid, now, sender, body, max_per_peer, max_bytes, max_peers, max_sender)
+local function offline_store(rcpt, head, sender, now, body, max_per_peer, max_bytes, max_peers, max_sender)
   local qkey = P .. 'offline:q:' .. rcpt
   local len = redis.call('LLEN', qkey)
   if len >= tonumber(max_per_peer) then
@@ -129,10 +130,16 @@ local function offline_push(rcpt, mid, now, sender, body, max_per_peer, max_byte
     end
     redis.call('HINCRBY', skey, sender, size)
   end
-  redis.call('RPUSH', qkey, field(mid) .. field(sender) .. now .. ':' .. body)
+  redis.call('RPUSH', qkey, head .. body)
   if len == 0 then
     redis.call('ZADD', P .. 'offline:due', now, rcpt)
   end
   local stats = P .. 'offline:stats'
   return {'stored', redis.call('HINCRBY', stats, 'count', 1), redis.call('HINCRBY', stats, 'bytes', size)}
+end
+
+-- offline_store with the entry's head made of its message id, sender and time.
+local function offline_push(rcpt, mid, now, sender, body, max_per_peer, max_bytes, max_peers, max_sender)
+  return offline_store(rcpt, field(mid) .. field(sender) .. now .. ':', sender, now, body,
+                       max_per_peer, max_bytes, max_peers, max_sender)
 end

@@ -1,8 +1,9 @@
 -- ROUTE(P, origin, max_per_peer, max_bytes, max_peers, max_bytes_per_sender,
---       then for each message: to, delivery, message_id, now, sender, room):
+--       then for each message: to, delivery, head, room):
 -- the hot path of directed messages, for every message given, in order.
 -- `delivery` is field(to) .. field(data), data being the exact bytes `to`
--- receives. When `to` is bound on a live node, the delivery goes to that
+-- receives; `head` is its offline entry's head (field(message_id) ..
+-- field(sender) .. now .. ':', see offline_store). When `to` is bound on a live node, the delivery goes to that
 -- node's channel: one envelope per node, 'D' followed by the deliveries of
 -- its messages in order. A message published to a node whose subscriber is
 -- listening is 1 (live). With a room, `to` must be a member of it, and
@@ -17,19 +18,19 @@ local holders = {}
 
 -- The reply for the message at ARGV[i] when it cannot be delivered.
 local function undelivered(i)
-  if ARGV[i + 5] ~= '' then
+  if ARGV[i + 3] ~= '' then
     return 0
   end
-  local delivery = ARGV[i + 1]
+  local delivery, head = ARGV[i + 1], ARGV[i + 2]
   local data = string.sub(delivery, string.find(delivery, ':', #field(ARGV[i]) + 1, true) + 1)
-  return offline_push(ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], data,
-                      ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+  local _, sender, now = parse_entry(head)
+  return offline_store(ARGV[i], head, sender, now, data, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 end
 
 local n = 0
-for i = 7, #ARGV, 6 do
+for i = 7, #ARGV, 4 do
   n = n + 1
-  local to, room = ARGV[i], ARGV[i + 5]
+  local to, room = ARGV[i], ARGV[i + 3]
   local holder = false
   if room == '' or redis.call('ZSCORE', P .. 'room:' .. room, to) then
     holder = redis.call('HGET', P .. 'id:' .. to, 'node')
