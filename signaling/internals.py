@@ -46,7 +46,6 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .direct_write import direct_transport, write_now
 from .websocket import STATE_OPEN, SignalingFactory, SignalingProtocol, hand_over
 
 __all__ = [
@@ -253,6 +252,35 @@ class _FrameCache:
 _frames = _FrameCache()
 
 
+def direct_transport(transport: Any) -> tcp.Connection | None:
+    """``transport`` if :func:`write_now` may write to its socket (plain TCP or UNIX), else None."""
+    if (isinstance(transport, tcp.Connection) and not transport.TLS
+            and hasattr(transport, "_tempDataLen")):
+        return transport
+    return None
+
+
+def write_now(connection: tcp.Connection, data: bytes) -> None:
+    """
+    Write ``data`` to ``connection`` (from :func:`direct_transport`): to its
+    socket at once when nothing waits in Twisted's write buffer, which
+    otherwise sends on the reactor's next turn, after asking epoll twice to
+    watch the socket. What the socket does not take goes through Twisted's
+    buffer, in order.
+    """
+    if (not connection._tempDataLen
+            and connection.offset == len(connection.dataBuffer)
+            and not connection.disconnecting):
+        try:
+            sent = connection.getHandle().send(data)
+        except OSError:  # full, or broken: Twisted's write path finds out
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    connection.write(data)
+
+
 class _SendBatch:
     """
     While one connection's bytes are handled, the frames sent to each
@@ -284,7 +312,7 @@ class FastSignalingProtocol(SignalingProtocol):
     _fast_limit = 0
     #: Largest outgoing payload written directly.
     _send_limit = 0
-    #: The plain TCP transport, for sending at once (:mod:`signaling.direct_write`).
+    #: The plain TCP transport, for sending at once (:func:`write_now`).
     _tcp: Any = None
     _sniffing = True
     _head = b""

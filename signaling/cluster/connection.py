@@ -35,7 +35,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..direct_write import direct_transport, write_now
+from ..internals import direct_transport, write_now
 from .address import RedisAddress
 
 __all__ = [
@@ -135,7 +135,7 @@ class _FastCommands:
     twice and extends a buffer four times per argument: that was the
     largest single cost of a relayed message, ROUTE having a dozen
     arguments) and written at once when the socket takes it
-    (:mod:`signaling.direct_write`); each command waits for its reply on
+    (:func:`signaling.internals.write_now`); each command waits for its reply on
     one Deferred in a plain FIFO (txredisapi chains three per command
     through a queue); replies are not walked for conversions, since this
     project reads raw bytes (``charset=None``, no number conversion). Every command of the
