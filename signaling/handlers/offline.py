@@ -48,21 +48,25 @@ class OfflineHandlers:
         (a cross-node message then costs few callbacks).
         """
         ctx = self._ctx
-        message_id = m.client_message_id(request)
-        if message_id is None:
-            message_id = new_message_id()
-        elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        client_id = m.client_message_id(request)
+        if client_id is not None and len(client_id) > MAX_MESSAGE_ID_LENGTH:
             raise ProtocolError(
                 m.INVALID_FIELD,
                 f"'messageId' must be at most {MAX_MESSAGE_ID_LENGTH} characters",
             )
+        message_id = new_message_id() if client_id is None else client_id
         # Stored messages are delivered inside an envelope: it must fit too.
         ctx.relayed_bytes(data, _DELIVERY_ENVELOPE + 4 * len(message_id))
+        # While the registry answers, keep only what a refusal echoes and
+        # logs, not the request (it may hold kilobytes of SDP).
+        summary = {"type": request["type"], "to": to}
+        if client_id is not None:
+            summary["messageId"] = client_id
         result = ctx.registry.route(to, message_id, data, session.identity, ctx.clock.seconds())
         result.addCallbacks(
             self._routed, self._refused,
             callbackArgs=(session, to, request["type"], message_id),
-            errbackArgs=(session, to, request),
+            errbackArgs=(session, summary),
         )
 
     def _routed(self, delivered: bool, session: Session, to: str, type_: str,
@@ -77,8 +81,8 @@ class OfflineHandlers:
             session, {"type": "peer-offline", "peerId": to, "messageId": message_id, "queued": True}
         )
 
-    def _refused(self, failure: Failure, session: Session, to: str,
-                 request: dict[str, Any]) -> None:
+    def _refused(self, failure: Failure, session: Session, summary: dict[str, Any]) -> None:
+        to = summary["to"]
         # A ProtocolError (UNAVAILABLE from a clustered registry) is answered as it is.
         if failure.check(QueueFull):
             failure = Failure(ProtocolError(m.QUEUE_FULL, str(failure.value), peerId=to))
@@ -87,7 +91,7 @@ class OfflineHandlers:
             failure = Failure(ProtocolError(
                 m.INTERNAL_ERROR, "the message could not be stored", peerId=to
             ))
-        self._ctx.failed(failure, session, request)
+        self._ctx.failed(failure, session, summary)
 
     def deliver(self, session: Session) -> Any:
         """
