@@ -1,7 +1,7 @@
 """
 Redis unreachable, in the protocol's words: :class:`BackendUnavailable`
 becomes ``ProtocolError(UNAVAILABLE)``, so the hub answers the client with
-an ``UNAVAILABLE`` error ("nothing was done, retry") and never needs to know
+an ``UNAVAILABLE`` error ("try again") and never needs to know
 that a network or Redis exists.
 
 :func:`unavailable` is the one error builder for it; :class:`ProtocolStore`
@@ -34,7 +34,8 @@ def unavailable() -> ProtocolError:
     """
     return ProtocolError(
         m.UNAVAILABLE,
-        "the cluster backend cannot be reached; nothing was done, try again",
+        "the cluster backend cannot be reached or did not answer in time; "
+        "try again (what did not get an answer in time may have been done)",
     )
 
 
