@@ -162,6 +162,16 @@ class BatchTests(RedisTestCase):
         self.assertEqual((yield connection.execute(b"PING")), b"PONG")
 
     @defer.inlineCallbacks
+    def test_a_reply_of_the_wrong_length_fails_every_item(self):
+        short = Script("short", "return {1}")
+        connection = yield self.commands(scripts=[short])
+        items = [connection.run_batched(short, (), (b"%d" % n,)) for n in range(2)]
+        for item in items:
+            with self.assertRaises(BackendError) as e:
+                yield item
+            self.assertIn("answered 2 items", str(e.exception))
+
+    @defer.inlineCallbacks
     def test_items_fail_when_the_connection_stops_first(self):
         connection = yield self.commands(scripts=[PUBLISH_EACH])
         item = self.batched(connection, b"1")

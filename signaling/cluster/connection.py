@@ -135,12 +135,12 @@ class _FastCommands:
     twice and extends a buffer four times per argument: that was the
     largest single cost of a relayed message, ROUTE having a dozen
     arguments) and written at once when the socket takes it
-    (:func:`signaling.internals.write_now`); each command waits for its reply on
-    one Deferred in a plain FIFO (txredisapi chains three per command
-    through a queue); replies are not walked for conversions, since this
-    project reads raw bytes (``charset=None``, no number conversion). Every command of the
-    connection goes this way, txredisapi's own AUTH and SELECT included, so
-    replies and Deferreds pair up in order.
+    (:func:`signaling.internals.write_now`); each command waits for its
+    reply on one Deferred in a plain FIFO (txredisapi chains three per
+    command through a queue); replies are not walked for conversions, since
+    this project reads raw bytes (``charset=None``, no number conversion).
+    Every command of the connection goes this way, txredisapi's own AUTH and
+    SELECT included, so replies and Deferreds pair up in order.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -404,7 +404,9 @@ class _Batch:
 
     __slots__ = ("script", "head", "convert", "args", "items", "waiting", "size")
 
-    def __init__(self, script: Script, head: tuple, convert: Callable[[Any, Any], Any] | None) -> None:
+    def __init__(
+        self, script: Script, head: tuple, convert: Callable[[Any, Any], Any] | None
+    ) -> None:
         self.script = script
         self.head = head
         self.convert = convert
@@ -417,7 +419,8 @@ class _Batch:
         """Fire each item's Deferred with its reply, converted."""
         if type(replies) is not list or len(replies) != len(self.waiting):
             self.failed(Failure(BackendError(
-                f"script {self.script.name} answered {len(self.waiting)} items with {replies!r:.100}"
+                f"script {self.script.name} answered {len(self.waiting)} items"
+                f" with {replies!r:.100}"
             )))
             return
         convert = self.convert
