@@ -151,25 +151,24 @@ class BatchTests(RedisTestCase):
         self.assertEqual(replies, [b"h:0", b"h:1", b"h:2"])
 
     @defer.inlineCallbacks
-    def test_an_error_fails_every_item(self):
-        failing = Script("failing", "return redis.error_reply('no way')")
-        connection = yield self.commands(scripts=[failing])
-        items = [connection.run_batched(failing, (), (b"%d" % n,)) for n in range(3)]
+    def assert_every_item_fails(self, script, count, text):
+        """``count`` items of ``script`` in one call each fail with BackendError saying ``text``."""
+        connection = yield self.commands(scripts=[script])
+        items = [connection.run_batched(script, (), (b"%d" % n,)) for n in range(count)]
         for item in items:
             with self.assertRaises(BackendError) as e:
                 yield item
-            self.assertIn("no way", str(e.exception))
-        self.assertEqual((yield connection.execute(b"PING")), b"PONG")
+            self.assertIn(text, str(e.exception))
+        return connection
 
     @defer.inlineCallbacks
+    def test_an_error_fails_every_item(self):
+        failing = Script("failing", "return redis.error_reply('no way')")
+        connection = yield self.assert_every_item_fails(failing, 3, "no way")
+        self.assertEqual((yield connection.execute(b"PING")), b"PONG")
+
     def test_a_reply_of_the_wrong_length_fails_every_item(self):
-        short = Script("short", "return {1}")
-        connection = yield self.commands(scripts=[short])
-        items = [connection.run_batched(short, (), (b"%d" % n,)) for n in range(2)]
-        for item in items:
-            with self.assertRaises(BackendError) as e:
-                yield item
-            self.assertIn("answered 2 items", str(e.exception))
+        return self.assert_every_item_fails(Script("short", "return {1}"), 2, "answered 2 items")
 
     @defer.inlineCallbacks
     def test_items_fail_when_the_connection_stops_first(self):

@@ -25,11 +25,6 @@ class RedisAddress:
     tls: bool = False
     ca_file: str | None = None
 
-    @property
-    def is_unix(self) -> bool:
-        """True for a unix socket, False for TCP."""
-        return self.path is not None
-
     def describe(self) -> str:
         """A printable form without the password (for logs and errors)."""
         if self.path is not None:

@@ -146,6 +146,11 @@ class _FastCommands:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._replies: deque[defer.Deferred] = deque()
+        self._direct: Any = None
+
+    def connectionMade(self) -> None:
+        self._direct = direct_transport(self.transport)  # type: ignore[attr-defined]
+        super().connectionMade()  # type: ignore[misc]
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         parts = [b"*%d\r\n" % len(args)]
@@ -159,7 +164,7 @@ class _FastCommands:
         if not self.connected:  # type: ignore[attr-defined]
             raise _txredisapi().ConnectionError("Not connected")
         command = self._build_command(*args)
-        direct = direct_transport(self.transport)  # type: ignore[attr-defined]
+        direct = self._direct
         if direct is not None:
             write_now(direct, command)
         else:
